@@ -1,0 +1,45 @@
+"""Throttle batched PostgreSQL data migrations on the WAL archival backlog, in Apache Airflow.
+
+The public names are imported lazily, so that Airflow reading the provider's metadata (and
+``walthrottle --version``) does not load the hooks, sensors and their dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from airflow_provider_walthrottle.archiver_status import ArchiverStatus, BacklogMethod
+    from airflow_provider_walthrottle.flags import FeatureFlag
+    from airflow_provider_walthrottle.health import HealthSignal, OnUnavailable, Signal
+    from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+    from airflow_provider_walthrottle.sensors.wal_archival import WalArchivalSensor
+    from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
+
+_EXPORTS = {
+    "ArchiverStatus": "airflow_provider_walthrottle.archiver_status",
+    "BacklogMethod": "airflow_provider_walthrottle.archiver_status",
+    "FeatureFlag": "airflow_provider_walthrottle.flags",
+    "HealthSignal": "airflow_provider_walthrottle.health",
+    "OnUnavailable": "airflow_provider_walthrottle.health",
+    "Signal": "airflow_provider_walthrottle.health",
+    "WalArchivalHook": "airflow_provider_walthrottle.hooks.wal_archival",
+    "WalArchivalSensor": "airflow_provider_walthrottle.sensors.wal_archival",
+    "WalArchivalTrigger": "airflow_provider_walthrottle.triggers.wal_archival",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,164 @@
+"""``walthrottle``: print what the hook sees, for a person or for a Nagios-style check.
+
+Exit codes follow the Nagios plugin convention: 0 when the backlog is at or below the threshold,
+2 when it is above, 3 when it cannot be judged (not available, unknown, or an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from airflow_provider_walthrottle import __version__
+from airflow_provider_walthrottle.health import DEFAULT_MAX_PENDING_SEGMENTS, Signal
+
+if TYPE_CHECKING:
+    from airflow_provider_walthrottle.health import HealthSignal
+    from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+
+EXIT_OK = 0
+EXIT_CRITICAL = 2
+EXIT_UNKNOWN = 3
+
+_EXIT_CODES = {
+    Signal.NORMAL: EXIT_OK,
+    Signal.STOP: EXIT_CRITICAL,
+    Signal.NOT_AVAILABLE: EXIT_UNKNOWN,
+    Signal.UNKNOWN: EXIT_UNKNOWN,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command line parser."""
+    parser = argparse.ArgumentParser(
+        prog="walthrottle",
+        description="Inspect PostgreSQL's WAL archival backlog as the walthrottle provider sees it.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser(
+        "status",
+        help="print the archiver's state and backlog; exit 2 above the threshold",
+        description=(
+            "Print the archiver's state and backlog. Exit 0 at or below the threshold, 2 above it, "
+            "3 when it cannot be judged."
+        ),
+    )
+    status.add_argument(
+        "target",
+        help="an Airflow connection id, or a PostgreSQL DSN (postgresql://… or 'host=… user=…')",
+    )
+    status.add_argument(
+        "--max-pending-segments",
+        type=_threshold,
+        default=DEFAULT_MAX_PENDING_SEGMENTS,
+        metavar="N",
+        help=f"the threshold above which migrations stop (default {DEFAULT_MAX_PENDING_SEGMENTS})",
+    )
+    status.add_argument("--database", help="a database that overrides the connection's own")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def _threshold(text: str) -> int:
+    from airflow_provider_walthrottle.health import parse_max_pending_segments
+
+    try:
+        return parse_max_pending_segments(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def make_hook(target: str, database: str | None) -> WalArchivalHook:
+    """Return a hook for an Airflow connection id, or for a DSN given on the command line.
+
+    :param target: a connection id, or a DSN in URI or keyword form.
+    :param database: a database that overrides the connection's own.
+    """
+    from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+
+    if "=" not in target and "://" not in target:
+        return WalArchivalHook(postgres_conn_id=target, database=database)
+
+    from airflow.sdk import Connection
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(target)
+    except Exception as error:  # psycopg raises ProgrammingError for a malformed DSN
+        raise ValueError(f"the DSN is malformed: {error}") from None
+    connection = Connection(
+        conn_id="dsn",
+        conn_type="postgres",
+        host=str(params.pop("host", "localhost")),
+        port=int(params.pop("port", 5432)),
+        login=_optional(params.pop("user", None)),
+        password=_optional(params.pop("password", None)),
+        schema=_optional(params.pop("dbname", None)),
+        extra=json.dumps({key: str(value) for key, value in params.items()}) if params else None,
+    )
+    return WalArchivalHook(postgres_conn_id="dsn", connection=connection, database=database)
+
+
+def _optional(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def render_text(health: HealthSignal, target: str) -> str:
+    """Return the status as lines for a person: a Nagios-style headline, then the details.
+
+    :param health: the evaluated signal.
+    :param target: what was inspected, for the headline.
+    """
+    status = health.status
+    mib = 1024 * 1024
+    if status.pending_segments is None:
+        pending = f"unknown ({status.detail})"
+    else:
+        pending = f"{status.pending_segments} segments ({(status.pending_bytes or 0) / mib:.0f} MiB)"
+    perf = ""
+    if status.pending_segments is not None:
+        perf = f" | pending={status.pending_segments};;{health.max_pending_segments}"
+    lines = [
+        f"WAL ARCHIVAL {health.signal.value.upper()} - {target}: {health.reason}{perf}",
+        f"  pending segments : {pending}",
+        f"  threshold        : {health.max_pending_segments} (stop above it)",
+        f"  method           : {status.method.value}",
+        f"  archive_mode     : {status.archive_mode} on a {'standby' if status.in_recovery else 'primary'}",
+        f"  segment size     : {status.wal_segment_size // mib} MiB",
+        f"  writing          : {status.current_wal_file or '-'}",
+        f"  last archived    : {status.last_archived_wal or '-'} at {status.last_archived_time or '-'}",
+        f"  last failure     : {status.last_failed_wal or '-'} at {status.last_failed_time or '-'}",
+        f"  archiver         : {'FAILING' if status.is_failing else 'not failing'}, "
+        f"{status.archived_count} archived, {status.failed_count} failed since stats reset",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code.
+
+    :param argv: the arguments, without the program name; ``sys.argv[1:]`` by default.
+    """
+    args = build_parser().parse_args(argv)
+    from airflow_provider_walthrottle.exceptions import WalThrottleError
+    from airflow_provider_walthrottle.health import evaluate_wal_archival
+
+    try:
+        hook = make_hook(args.target, args.database)
+        health = evaluate_wal_archival(hook.get_archiver_status(), args.max_pending_segments)
+    except (WalThrottleError, ValueError) as error:
+        print(f"walthrottle: error: {error}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    if args.json:
+        print(json.dumps(health.to_dict(), indent=2))
+    else:
+        print(render_text(health, hook.describe_target()))
+    return _EXIT_CODES[health.signal]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

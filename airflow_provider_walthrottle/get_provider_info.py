@@ -1,0 +1,45 @@
+"""The provider metadata Airflow reads through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_walthrottle import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider's metadata, in the schema of Airflow's ``provider_info.schema.json``."""
+    return {
+        "package-name": "airflow-provider-walthrottle",
+        "name": "WAL throttle",
+        "description": (
+            "Batched PostgreSQL data migrations throttled on the WAL archival backlog, "
+            "behind a feature flag kept in an Airflow Variable."
+        ),
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "PostgreSQL WAL archival",
+                "external-doc-url": "https://www.postgresql.org/docs/current/continuous-archiving.html",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "PostgreSQL WAL archival",
+                "python-modules": ["airflow_provider_walthrottle.hooks.wal_archival"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "PostgreSQL WAL archival",
+                "python-modules": ["airflow_provider_walthrottle.sensors.wal_archival"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "PostgreSQL WAL archival",
+                "python-modules": ["airflow_provider_walthrottle.triggers.wal_archival"],
+            }
+        ],
+    }

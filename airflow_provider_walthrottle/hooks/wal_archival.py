@@ -1,0 +1,172 @@
+"""The hook that measures PostgreSQL's WAL archival backlog."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+from psycopg.rows import dict_row
+
+from airflow_provider_walthrottle.archiver_status import ArchiverStatus
+from airflow_provider_walthrottle.exceptions import (
+    ConnectionNotDefinedError,
+    InsufficientPrivilegeError,
+    connect_error,
+    first_line,
+)
+from airflow_provider_walthrottle.hooks.wal_archival_sql import archiver_status_conversation
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from airflow.sdk import Connection
+
+
+class WalArchivalHook(PostgresHook):
+    """
+    Measure how many WAL segments wait for PostgreSQL's ``archive_command``.
+
+    The count is exact when the connection's role may call ``pg_ls_archive_statusdir()``
+    (PostgreSQL 12+, superuser or ``pg_monitor``): it counts the ``.ready`` files of real segments.
+    Without that privilege it falls back to LSN arithmetic with the server's real segment size.
+    The hook only reads, in a read-only transaction.
+
+    .. seealso::
+        :doc:`/howto/hook`
+
+    :param postgres_conn_id: the Airflow connection to the PostgreSQL server (type ``postgres``).
+    :param database: a database name that overrides the connection's schema.
+    """
+
+    hook_name = "Postgres WAL archival"
+
+    @property
+    def conn_id(self) -> str:
+        """The Airflow connection id this hook uses."""
+        return getattr(self, self.conn_name_attr)
+
+    def describe_target(self) -> str:
+        """Describe the connection for error messages, without its password."""
+        connection = self._get_airflow_connection()
+        database = self.database or connection.schema or connection.login
+        return (
+            f"connection '{self.conn_id}' ({connection.host}:{connection.port or 5432}/{database} "
+            f"as {connection.login})"
+        )
+
+    def _get_airflow_connection(self) -> Connection:
+        try:
+            return self.connection
+        except AirflowNotFoundException:
+            raise ConnectionNotDefinedError(
+                f"Airflow connection '{self.conn_id}' is not defined; create it with "
+                f"`airflow connections add {self.conn_id} --conn-uri postgresql://USER:PASSWORD@HOST:5432/DB` "
+                f"or set AIRFLOW_CONN_{self.conn_id.upper()}"
+            ) from None
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Return libpq keyword arguments for the connection, as :meth:`get_conn` would use them."""
+        connection = self._get_airflow_connection()
+        if connection.extra_dejson.get("iam", False):
+            raise ConnectionNotDefinedError(
+                f"Connection '{self.conn_id}' uses IAM authentication, which the asynchronous trigger "
+                "does not support; use deferrable=False"
+            )
+        kwargs: dict[str, Any] = {
+            "host": connection.host,
+            "user": connection.login,
+            "password": connection.password,
+            "dbname": self.database or connection.schema,
+            "port": connection.port,
+        }
+        if self.options:
+            kwargs["options"] = self.options
+        for name, value in connection.extra_dejson.items():
+            if name not in self.ignored_extra_options and name != "cursor":
+                kwargs[name] = value
+        return {name: value for name, value in kwargs.items() if value is not None}
+
+    @contextmanager
+    def _read_only_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        target = self.describe_target()
+        try:
+            conn = self.get_conn()
+        except psycopg.OperationalError as error:
+            raise connect_error(target, error) from None
+        if not isinstance(conn, psycopg.Connection):
+            conn.close()
+            raise ConnectionNotDefinedError(
+                "WalArchivalHook needs psycopg 3 behind PostgresHook; install psycopg and SQLAlchemy 2"
+            )
+        try:
+            conn.read_only = True
+            yield conn
+        finally:
+            conn.close()  # discards the read-only transaction
+
+    def get_archiver_status(self) -> ArchiverStatus:
+        """Measure the archiver's state and backlog once.
+
+        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
+        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
+        :raises InsufficientPrivilegeError: if the role may not even read the archiver statistics.
+        """
+        conversation = archiver_status_conversation()
+        with self._read_only_connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            try:
+                query = next(conversation)
+                while True:
+                    cursor.execute(query)
+                    query = conversation.send(cursor.fetchall())
+            except StopIteration as done:
+                return done.value
+            except psycopg.errors.InsufficientPrivilege as error:
+                raise self._privilege_error(error) from None
+
+    async def aget_archiver_status(self) -> ArchiverStatus:
+        """Measure the archiver's state and backlog once, with psycopg's ``AsyncConnection``.
+
+        Reading the Airflow connection is the only blocking step; it runs in a worker thread.
+
+        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
+        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
+        :raises InsufficientPrivilegeError: if the role may not even read the archiver statistics.
+        """
+        conversation = archiver_status_conversation()
+        async with self._async_read_only_connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            try:
+                query = next(conversation)
+                while True:
+                    await cursor.execute(query)
+                    query = conversation.send(await cursor.fetchall())
+            except StopIteration as done:
+                return done.value
+            except psycopg.errors.InsufficientPrivilege as error:
+                raise self._privilege_error(error) from None
+
+    @asynccontextmanager
+    async def _async_read_only_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        from asgiref.sync import sync_to_async
+
+        target = await sync_to_async(self.describe_target)()
+        kwargs = await sync_to_async(self.connection_kwargs)()
+        try:
+            conn = await psycopg.AsyncConnection.connect(**kwargs)
+        except psycopg.OperationalError as error:
+            raise connect_error(target, error) from None
+        try:
+            await conn.set_read_only(True)
+            yield conn
+        finally:
+            await conn.close()
+
+    def _privilege_error(self, error: psycopg.Error) -> InsufficientPrivilegeError:
+        login = self._get_airflow_connection().login
+        return InsufficientPrivilegeError(
+            f"Role '{login}' of connection '{self.conn_id}' may not read the WAL archiver state: "
+            f"{first_line(error)}; grant it pg_monitor (GRANT pg_monitor TO \"{login}\")"
+        )

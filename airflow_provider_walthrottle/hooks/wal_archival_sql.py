@@ -1,0 +1,78 @@
+"""The queries :class:`~airflow_provider_walthrottle.hooks.wal_archival.WalArchivalHook` runs.
+
+Each is read-only and needs no privilege beyond ``CONNECT``, except where its comment says so.
+The synchronous hook and the asynchronous trigger run the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from psycopg import sql
+
+from airflow_provider_walthrottle.archiver_status import (
+    ArchiverStatus,
+    ServerArchiverState,
+    build_archiver_status,
+)
+from airflow_provider_walthrottle.wal import READY_SEGMENT_PATTERN
+
+#: One row: the server settings, the archiver statistics and the WAL position that the backlog is
+#: measured from, plus whether this role may list ``archive_status``. Readable by any role:
+#: ``pg_stat_archiver``, ``current_setting`` and the WAL position functions are public.
+#: ``pg_current_wal_lsn()`` and ``pg_walfile_name()`` fail during recovery, so a standby reports its
+#: received position instead (its replayed one before streaming starts) and no file name.
+#: ``has_function_privilege`` is asked through ``to_regprocedure`` so that servers older than
+#: PostgreSQL 12, which lack ``pg_ls_archive_statusdir()``, answer ``false`` instead of failing.
+ARCHIVER_STATE = sql.SQL(
+    """
+SELECT
+    current_setting('archive_mode') AS archive_mode,
+    pg_size_bytes(current_setting('wal_segment_size')) AS wal_segment_size,
+    pg_is_in_recovery() AS in_recovery,
+    CASE WHEN pg_is_in_recovery()
+        THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
+        ELSE pg_current_wal_lsn()
+    END::text AS wal_lsn,
+    CASE WHEN NOT pg_is_in_recovery() THEN pg_walfile_name(pg_current_wal_lsn()) END AS current_wal_file,
+    a.archived_count,
+    a.last_archived_wal,
+    a.last_archived_time,
+    a.failed_count,
+    a.last_failed_wal,
+    a.last_failed_time,
+    coalesce(
+        has_function_privilege(to_regprocedure('pg_catalog.pg_ls_archive_statusdir()'), 'EXECUTE'),
+        false
+    ) AS can_list_archive_status
+FROM pg_stat_archiver AS a
+"""
+)
+
+#: One row, one column: the number of real WAL segments marked ready for ``archive_command``.
+#: ``.ready`` files of timeline history, backup history and partial segments do not match the
+#: pattern. Needs superuser or ``pg_monitor`` (PostgreSQL 12+).
+READY_SEGMENT_COUNT = sql.SQL(
+    "SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name ~ {pattern}"
+).format(pattern=sql.Literal(READY_SEGMENT_PATTERN))
+
+
+#: A measurement as a conversation: it yields each query to run and receives that query's rows, so
+#: the synchronous and the asynchronous connection drive the very same steps.
+StatusConversation = Generator[sql.Composable, list[dict[str, Any]], ArchiverStatus]
+
+
+def archiver_status_conversation() -> StatusConversation:
+    """Yield the queries that measure the archiver's state, and return the status they describe.
+
+    The exact count is asked for only when the role may list ``archive_status``, so that a role
+    without ``pg_monitor`` never fills the server log with "permission denied".
+    """
+    rows = yield ARCHIVER_STATE
+    state = ServerArchiverState(**rows[0])
+    ready_segments = None
+    if state.can_list_archive_status:
+        rows = yield READY_SEGMENT_COUNT
+        ready_segments = int(rows[0]["count"])
+    return build_archiver_status(state, ready_segments)

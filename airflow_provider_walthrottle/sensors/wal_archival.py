@@ -1,0 +1,154 @@
+"""The sensor that holds a DAG run while PostgreSQL's WAL archival backlog is too long."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG, FeatureFlag
+from airflow_provider_walthrottle.health import (
+    DEFAULT_MAX_PENDING_SEGMENTS,
+    HealthUnavailableError,
+    OnUnavailable,
+    evaluate_wal_archival,
+    may_proceed,
+    parse_max_pending_segments,
+)
+from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class WalArchivalSensor(BaseSensorOperator):
+    """
+    Wait until at most ``max_pending_segments`` WAL segments wait for ``archive_command``.
+
+    The check sits behind a feature flag kept in an Airflow Variable, read at run time. With the
+    flag off the sensor succeeds at once without contacting the database. With it on, the sensor
+    measures the backlog through :class:`~airflow_provider_walthrottle.hooks.wal_archival.WalArchivalHook`
+    and succeeds when it is at or below the threshold, pushing the measurement as its XCom.
+
+    By default the wait is deferred to the triggerer (no worker slot is held, and apache/airflow#71172,
+    which can fail reschedule-mode sensors, does not apply to deferred tasks). With
+    ``deferrable=False`` the sensor uses ``mode="reschedule"``; give it ``retries`` to ride out that race.
+
+    .. seealso::
+        :doc:`/howto/sensor`
+
+    :param postgres_conn_id: the Airflow connection to the PostgreSQL primary. (templated)
+    :param max_pending_segments: the most segments that may wait; only a backlog *above* it waits.
+        (templated)
+    :param flag_variable: the Airflow Variable holding the feature flag. (templated)
+    :param on_unavailable: what a reading of "not available" (archiving off, or a standby that does
+        not archive) or "unknown" does: ``"wait"`` (default, the safe choice: a wrong connection
+        never lets a migration run unthrottled), ``"proceed"`` or ``"fail"``.
+    :param database: a database name that overrides the connection's schema. (templated)
+    :param deferrable: wait in the triggerer instead of rescheduling the task.
+    :param poke_interval: seconds between two checks.
+    """
+
+    template_fields: Sequence[str] = ("postgres_conn_id", "max_pending_segments", "flag_variable", "database")
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        postgres_conn_id: str = "postgres_default",
+        max_pending_segments: int | str = DEFAULT_MAX_PENDING_SEGMENTS,
+        flag_variable: str = WAL_HEALTH_FLAG,
+        on_unavailable: str | OnUnavailable = OnUnavailable.WAIT,
+        database: str | None = None,
+        deferrable: bool = True,
+        poke_interval: datetime.timedelta | float = 60,
+        mode: str = "reschedule",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, mode=mode, **kwargs)
+        if not isinstance(max_pending_segments, str):
+            parse_max_pending_segments(max_pending_segments)
+        self.postgres_conn_id = postgres_conn_id
+        self.max_pending_segments = max_pending_segments
+        self.flag_variable = flag_variable
+        self.on_unavailable = OnUnavailable.parse(on_unavailable)
+        self.database = database
+        self.deferrable = deferrable
+
+    @cached_property
+    def hook(self) -> WalArchivalHook:
+        """The hook that measures the backlog."""
+        return WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
+
+    @property
+    def threshold(self) -> int:
+        """The rendered ``max_pending_segments``, checked."""
+        try:
+            return parse_max_pending_segments(self.max_pending_segments)
+        except ValueError as error:
+            raise AirflowFailException(str(error)) from None
+
+    def execute(self, context: Context) -> Any:
+        """Check once; then wait by deferring, or by the base sensor's reschedule loop."""
+        if not self.deferrable:
+            return super().execute(context)
+        first = self.poke(context)
+        if first:
+            self.log.info("Success criteria met. Exiting.")
+            return first.xcom_value if isinstance(first, PokeReturnValue) else None
+        self.defer(
+            trigger=WalArchivalTrigger(
+                postgres_conn_id=self.postgres_conn_id,
+                max_pending_segments=self.threshold,
+                flag_variable=self.flag_variable,
+                actor=self.dag_id,
+                on_unavailable=self.on_unavailable.value,
+                poll_interval=self.poke_interval,
+                database=self.database,
+            ),
+            method_name="execute_complete",
+            timeout=datetime.timedelta(seconds=self.timeout),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Finish after the trigger fired: fail on an error event, else return the XCom value."""
+        if event.get("status") != "success":
+            raise AirflowException(event.get("message", f"WAL archival trigger failed: {event!r}"))
+        if not event["checked"]:
+            self.log.info("Feature flag %s was turned off during the wait: proceeding", self.flag_variable)
+            return self._unchecked_result()
+        self.log.info("WAL archival check passed: %s", event["health"]["reason"])
+        return {"checked": True, "flag_variable": self.flag_variable, **event["health"]}
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """Check the flag, then the backlog; log one line saying what was found and what happens."""
+        threshold = self.threshold
+        if not FeatureFlag(self.flag_variable).is_enabled(self.dag_id):
+            self.log.info(
+                "Feature flag %s is off: WAL archival check skipped, database not contacted. "
+                "Turn it on with `airflow variables set %s true`.",
+                self.flag_variable,
+                self.flag_variable,
+            )
+            return PokeReturnValue(is_done=True, xcom_value=self._unchecked_result())
+        health = evaluate_wal_archival(self.hook.get_archiver_status(), threshold)
+        try:
+            proceed = may_proceed(health, self.on_unavailable)
+        except HealthUnavailableError as error:
+            raise AirflowException(str(error)) from None
+        self.log.info(
+            "WAL archival on %s: %s; %s",
+            self.postgres_conn_id,
+            health.summary(),
+            "proceeding" if proceed else f"waiting, next check in {self.poke_interval:g}s",
+        )
+        xcom = {"checked": True, "flag_variable": self.flag_variable, **health.to_dict()}
+        return PokeReturnValue(is_done=proceed, xcom_value=xcom)
+
+    def _unchecked_result(self) -> dict[str, Any]:
+        return {"checked": False, "flag_variable": self.flag_variable, "signal": None}
