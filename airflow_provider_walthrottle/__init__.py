@@ -31,7 +31,18 @@ _EXPORTS = {
     "WalArchivalTrigger": "airflow_provider_walthrottle.triggers.wal_archival",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "ArchiverStatus",
+    "BacklogMethod",
+    "FeatureFlag",
+    "HealthSignal",
+    "OnUnavailable",
+    "Signal",
+    "WalArchivalHook",
+    "WalArchivalSensor",
+    "WalArchivalTrigger",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

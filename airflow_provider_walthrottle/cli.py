@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from airflow_provider_walthrottle import __version__
 from airflow_provider_walthrottle.health import DEFAULT_MAX_PENDING_SEGMENTS, Signal
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow_provider_walthrottle.health import HealthSignal
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
@@ -94,7 +95,7 @@ def make_hook(target: str, database: str | None) -> WalArchivalHook:
         conn_id="dsn",
         conn_type="postgres",
         host=str(params.pop("host", "localhost")),
-        port=int(params.pop("port", 5432)),
+        port=int(str(params.pop("port", None) or 5432)),
         login=_optional(params.pop("user", None)),
         password=_optional(params.pop("password", None)),
         schema=_optional(params.pop("dbname", None)),

@@ -46,9 +46,7 @@ class HealthSignal:
     def summary(self) -> str:
         """Return one line for an on-call engineer: verdict, numbers, method and archiver state."""
         archiver = "failing" if self.status.is_failing else "not failing"
-        return (
-            f"{self.signal.value}: {self.reason} (method {self.status.method.value}, archiver {archiver})"
-        )
+        return f"{self.signal.value}: {self.reason} (method {self.status.method.value}, archiver {archiver})"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the signal and its measurement as JSON-ready values, e.g. for XCom."""
@@ -89,7 +87,8 @@ def evaluate_wal_archival(
 ) -> HealthSignal:
     """Compare the backlog with the threshold. Only a backlog *above* the threshold stops.
 
-    :param status: a measurement from :class:`~airflow_provider_walthrottle.hooks.wal_archival.WalArchivalHook`.
+    :param status: a measurement from
+        :class:`~airflow_provider_walthrottle.hooks.wal_archival.WalArchivalHook`.
     :param max_pending_segments: the most segments that may wait before migrations stop.
     """
     pending = status.pending_segments

@@ -98,10 +98,18 @@ def test_without_the_exact_count_the_lsn_estimate_is_used():
 
 @pytest.mark.parametrize(
     ("archive_mode", "in_recovery", "applicable"),
-    [("off", False, False), ("on", False, True), ("always", False, True), ("on", True, False), ("always", True, True)],
+    [
+        ("off", False, False),
+        ("on", False, True),
+        ("always", False, True),
+        ("on", True, False),
+        ("always", True, True),
+    ],
 )
 def test_archiving_applies_only_where_the_server_archives(archive_mode, in_recovery, applicable):
-    status = build_archiver_status(_state(archive_mode=archive_mode, in_recovery=in_recovery), ready_segments=4)
+    status = build_archiver_status(
+        _state(archive_mode=archive_mode, in_recovery=in_recovery), ready_segments=4
+    )
     assert status.is_applicable is applicable
     if applicable:
         assert status.pending_segments == 4

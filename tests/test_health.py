@@ -38,7 +38,13 @@ def _status(**changes):
 
 @pytest.mark.parametrize(
     ("pending", "threshold", "signal"),
-    [(0, 42, Signal.NORMAL), (42, 42, Signal.NORMAL), (43, 42, Signal.STOP), (1, 0, Signal.STOP), (0, 0, Signal.NORMAL)],
+    [
+        (0, 42, Signal.NORMAL),
+        (42, 42, Signal.NORMAL),
+        (43, 42, Signal.STOP),
+        (1, 0, Signal.STOP),
+        (0, 0, Signal.NORMAL),
+    ],
 )
 def test_only_above_the_threshold_stops(pending, threshold, signal):
     health = evaluate_wal_archival(_status(pending_segments=pending), threshold)
@@ -81,7 +87,7 @@ def test_may_proceed(signal_status, on_unavailable, expected):
 
 
 def test_may_proceed_fails_on_unknown_when_asked():
-    with pytest.raises(HealthUnavailableError, match="unknown.*on_unavailable='fail'"):
+    with pytest.raises(HealthUnavailableError, match=r"unknown.*on_unavailable='fail'"):
         may_proceed(evaluate_wal_archival(_status(pending_segments=None, detail="x")), OnUnavailable.FAIL)
 
 

@@ -60,7 +60,9 @@ def test_parse_wal_file_name(name, kind, timeline, segment_at_64mb):
     assert parsed.segment_number(64 * MB) == segment_at_64mb
 
 
-@pytest.mark.parametrize("name", ["", "00000001000000000000000", "000000010000000000000003.ready", "0000000g.history"])
+@pytest.mark.parametrize(
+    "name", ["", "00000001000000000000000", "000000010000000000000003.ready", "0000000g.history"]
+)
 def test_parse_wal_file_name_rejects_other_names(name):
     with pytest.raises(ValueError, match="is not the name of a WAL"):
         parse_wal_file_name(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +10,6 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from psycopg.rows import dict_row
 
-from airflow_provider_walthrottle.archiver_status import ArchiverStatus
 from airflow_provider_walthrottle.exceptions import (
     ConnectionNotDefinedError,
     InsufficientPrivilegeError,
@@ -21,9 +19,11 @@ from airflow_provider_walthrottle.exceptions import (
 from airflow_provider_walthrottle.hooks.wal_archival_sql import archiver_status_conversation
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from airflow.sdk import Connection
+
+    from airflow_provider_walthrottle.archiver_status import ArchiverStatus
 
 
 class WalArchivalHook(PostgresHook):
@@ -64,7 +64,8 @@ class WalArchivalHook(PostgresHook):
         except AirflowNotFoundException:
             raise ConnectionNotDefinedError(
                 f"Airflow connection '{self.conn_id}' is not defined; create it with "
-                f"`airflow connections add {self.conn_id} --conn-uri postgresql://USER:PASSWORD@HOST:5432/DB` "
+                f"`airflow connections add {self.conn_id} --conn-uri "
+                "postgresql://USER:PASSWORD@HOST:5432/DB` "
                 f"or set AIRFLOW_CONN_{self.conn_id.upper()}"
             ) from None
 
@@ -168,5 +169,5 @@ class WalArchivalHook(PostgresHook):
         login = self._get_airflow_connection().login
         return InsufficientPrivilegeError(
             f"Role '{login}' of connection '{self.conn_id}' may not read the WAL archiver state: "
-            f"{first_line(error)}; grant it pg_monitor (GRANT pg_monitor TO \"{login}\")"
+            f'{first_line(error)}; grant it pg_monitor (GRANT pg_monitor TO "{login}")'
         )

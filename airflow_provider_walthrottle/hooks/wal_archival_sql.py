@@ -60,7 +60,7 @@ READY_SEGMENT_COUNT = sql.SQL(
 
 #: A measurement as a conversation: it yields each query to run and receives that query's rows, so
 #: the synchronous and the asynchronous connection drive the very same steps.
-StatusConversation = Generator[sql.Composable, list[dict[str, Any]], ArchiverStatus]
+StatusConversation = Generator[sql.SQL | sql.Composed, list[dict[str, Any]], ArchiverStatus]
 
 
 def archiver_status_conversation() -> StatusConversation:

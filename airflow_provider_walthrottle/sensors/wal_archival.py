@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,8 @@ from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow.sdk import Context
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
@@ -18,6 +17,9 @@ from airflow_provider_walthrottle.health import (
     may_proceed,
 )
 from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 class WalArchivalTrigger(BaseTrigger):

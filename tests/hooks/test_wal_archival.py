@@ -56,7 +56,9 @@ def test_exact_count_equals_ready_files_and_lsn_fallback_agrees(pg_drained, hook
     assert (by_lsn.method, by_lsn.pending_segments) == (BacklogMethod.LSN, 7)
     assert by_count.pending_bytes == 7 * 16 * MB
     assert by_count.wal_segment_size == 16 * MB
-    assert by_count.current_wal_file == pg_drained.execute("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+    assert (
+        by_count.current_wal_file == pg_drained.execute("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+    )
 
 
 def test_a_drained_backlog_reads_zero_by_both_methods(pg_drained, hooks):
@@ -75,7 +77,9 @@ def test_a_drained_backlog_reads_zero_by_both_methods(pg_drained, hooks):
     ],
 )
 def test_other_segment_sizes_across_a_log_id_boundary(pg_cluster_factory, hooks, segment_mb, start_segment):
-    cluster = pg_cluster_factory(name=f"seg{segment_mb}", wal_segsize_mb=segment_mb, start_wal_segment=start_segment)
+    cluster = pg_cluster_factory(
+        name=f"seg{segment_mb}", wal_segsize_mb=segment_mb, start_wal_segment=start_segment
+    )
     exact, lsn = hooks(cluster)
     archive_one_segment(cluster)
     cluster.make_backlog(4)
@@ -207,7 +211,7 @@ def test_unreachable_server(monkeypatch, pg):
 
 def test_wrong_password(monkeypatch, pg):
     monkeypatch.setenv("AIRFLOW_CONN_WRONG_PW", pg.uri(password="not-the-password"))
-    with pytest.raises(DatabaseConnectError, match="password authentication failed.*login and password"):
+    with pytest.raises(DatabaseConnectError, match=r"password authentication failed.*login and password"):
         WalArchivalHook(postgres_conn_id="wrong_pw").get_archiver_status()
 
 
@@ -218,7 +222,7 @@ def test_role_without_connect_privilege(monkeypatch, pg):
     if not pg.execute("SELECT 1 FROM pg_roles WHERE rolname = 'nobody'"):
         pg.create_role("nobody", "nobody-pw", pg_monitor=False)
     monkeypatch.setenv("AIRFLOW_CONN_LOCKED", pg.uri(user="nobody", password="nobody-pw", dbname="locked"))
-    with pytest.raises(DatabaseConnectError, match="permission denied for database.*grant the role CONNECT"):
+    with pytest.raises(DatabaseConnectError, match=r"permission denied for database.*grant the role CONNECT"):
         WalArchivalHook(postgres_conn_id="locked").get_archiver_status()
 
 
