@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from airflow_provider_walthrottle import __version__
 from airflow_provider_walthrottle.health import DEFAULT_MAX_PENDING_SEGMENTS, Signal
@@ -32,9 +32,17 @@ _EXIT_CODES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit 3 (UNKNOWN), not 2, which means CRITICAL here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command line parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="walthrottle",
         description="Inspect PostgreSQL's WAL archival backlog as the walthrottle provider sees it.",
     )
@@ -91,11 +99,14 @@ def make_hook(target: str, database: str | None) -> WalArchivalHook:
         params = conninfo_to_dict(target)
     except Exception as error:  # psycopg raises ProgrammingError for a malformed DSN
         raise ValueError(f"the DSN is malformed: {error}") from None
+    port = str(params.pop("port", None) or 5432)
+    if not port.isdigit():
+        raise ValueError(f"the DSN is malformed: port {port!r} is not a number")
     connection = Connection(
         conn_id="dsn",
         conn_type="postgres",
         host=str(params.pop("host", "localhost")),
-        port=int(str(params.pop("port", None) or 5432)),
+        port=int(port),
         login=_optional(params.pop("user", None)),
         password=_optional(params.pop("password", None)),
         schema=_optional(params.pop("dbname", None)),
@@ -128,7 +139,7 @@ def render_text(health: HealthSignal, target: str) -> str:
         f"  pending segments : {pending}",
         f"  threshold        : {health.max_pending_segments} (stop above it)",
         f"  method           : {status.method.value}",
-        f"  archive_mode     : {status.archive_mode} on a {'standby' if status.in_recovery else 'primary'}",
+        f"  archive_mode     : {status.archive_mode} ({'standby' if status.in_recovery else 'primary'})",
         f"  segment size     : {status.wal_segment_size // mib} MiB",
         f"  writing          : {status.current_wal_file or '-'}",
         f"  last archived    : {status.last_archived_wal or '-'} at {status.last_archived_time or '-'}",

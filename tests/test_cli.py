@@ -1,0 +1,111 @@
+"""``walthrottle status`` against real clusters: text, JSON and Nagios-style exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_walthrottle.cli import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, main
+
+
+def archive_one_segment(cluster):
+    cluster.open_gate()
+    name = cluster.write_wal_and_switch()
+    cluster.wait_until(lambda: name in cluster.archived_files(), what=f"{name} archived")
+
+
+def test_status_above_the_threshold_exits_critical(pg_drained, capsys):
+    archive_one_segment(pg_drained)
+    pg_drained.make_backlog(5)
+
+    code = main(["status", pg_drained.uri(), "--max-pending-segments", "4"])
+
+    out = capsys.readouterr().out
+    assert code == EXIT_CRITICAL
+    headline = out.splitlines()[0]
+    assert headline.startswith("WAL ARCHIVAL STOP - connection 'dsn' (127.0.0.1:")
+    assert "5 WAL segments pending archival > threshold 4 | pending=5;;4" in headline
+    assert "pending segments : 5 segments (80 MiB)" in out
+    assert "archiver         : FAILING" in out
+    assert pg_drained.superuser_password not in out
+
+
+def test_status_json_at_or_below_the_threshold_exits_ok(pg_drained, capsys, monkeypatch):
+    archive_one_segment(pg_drained)
+    pg_drained.make_backlog(2)
+    monkeypatch.setenv("AIRFLOW_CONN_CLI_PRIMARY", pg_drained.uri())
+
+    code = main(["status", "cli_primary", "--json"])
+
+    data = json.loads(capsys.readouterr().out)
+    assert code == EXIT_OK
+    assert data["signal"] == "normal"
+    assert data["max_pending_segments"] == 42
+    assert data["status"]["pending_segments"] == 2
+    assert data["status"]["method"] == "exact"
+
+
+def test_keyword_dsn_and_lsn_method(pg_drained, capsys):
+    archive_one_segment(pg_drained)
+    if not pg_drained.execute("SELECT 1 FROM pg_roles WHERE rolname = 'cli_plain'"):
+        pg_drained.create_role("cli_plain", "cli-pw", pg_monitor=False)
+
+    code = main(["status", pg_drained.dsn(user="cli_plain", password="cli-pw"), "--json"])
+
+    data = json.loads(capsys.readouterr().out)
+    assert code == EXIT_OK
+    assert (data["status"]["method"], data["status"]["pending_segments"]) == ("lsn", 0)
+
+
+def test_archive_mode_off_exits_unknown(pg_cluster_factory, capsys):
+    cluster = pg_cluster_factory(name="cli-archive-off", archive_mode="off")
+
+    code = main(["status", cluster.uri()])
+
+    assert code == EXIT_UNKNOWN
+    assert capsys.readouterr().out.startswith("WAL ARCHIVAL NOT_AVAILABLE")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "no_such_conn"], "Airflow connection 'no_such_conn' is not defined"),
+        (["status", "host=127.0.0.1 port={port} user=x password=y"], "Connection refused"),
+        (["status", "host=127.0.0.1 port=notaport"], "the DSN is malformed"),
+    ],
+)
+def test_errors_are_one_line_on_stderr(capsys, args, message):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = main([arg.format(port=port) for arg in args])
+
+    captured = capsys.readouterr()
+    assert code == EXIT_UNKNOWN
+    assert captured.out == ""
+    assert captured.err.startswith("walthrottle: error: ")
+    assert message in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_a_threshold_that_is_not_a_number_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "whatever", "--max-pending-segments", "lots"])
+    assert exited.value.code == EXIT_UNKNOWN
+    assert "max_pending_segments must be a whole number" in capsys.readouterr().err
+
+
+def test_console_script_is_installed(pg_drained):
+    executable = shutil.which("walthrottle", path=str(Path(sys.executable).parent))
+    assert executable, "pip install should put the walthrottle console script beside python"
+    result = subprocess.run(
+        [executable, "status", pg_drained.uri(), "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert json.loads(result.stdout)["signal"] == "normal"

@@ -1,0 +1,87 @@
+"""The package as Airflow and users see it: entry point, metadata, imports, no parse-time cost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import entry_points, version
+
+import airflow_provider_walthrottle
+from airflow_provider_walthrottle.get_provider_info import get_provider_info
+
+
+def test_provider_info_is_registered_through_the_entry_point():
+    (entry_point,) = [
+        ep
+        for ep in entry_points(group="apache_airflow_provider")
+        if ep.value.startswith("airflow_provider_walthrottle")
+    ]
+    info = entry_point.load()()
+    assert info == get_provider_info()
+    assert info["package-name"] == "airflow-provider-walthrottle"
+    assert (
+        info["versions"]
+        == [airflow_provider_walthrottle.__version__]
+        == [version("airflow-provider-walthrottle")]
+    )
+
+
+def test_provider_info_validates_against_airflows_schema():
+    import json
+
+    import jsonschema
+    from airflow import providers_manager
+
+    schema = json.loads(
+        (
+            __import__("pathlib").Path(providers_manager.__file__).parent / "provider_info.schema.json"
+        ).read_text()
+    )
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_every_module_named_in_the_provider_info_imports():
+    import importlib
+
+    info = get_provider_info()
+    for kind in ("hooks", "sensors", "triggers"):
+        for entry in info[kind]:
+            for module in entry["python-modules"]:
+                importlib.import_module(module)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_import_raises_no_deprecation_warning():
+    result = run_python(
+        "import airflow_provider_walthrottle as p\n"
+        "from airflow_provider_walthrottle import WalArchivalHook, ArchiverStatus, WalArchivalSensor, FeatureFlag\n"
+        "from airflow_provider_walthrottle import WalArchivalTrigger, Signal, OnUnavailable\n"
+        "import airflow_provider_walthrottle.cli\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_airflow_providers_list_shows_the_provider():
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "list", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "airflow-provider-walthrottle" in result.stdout
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        airflow_provider_walthrottle.Nope  # noqa: B018

@@ -1,0 +1,108 @@
+"""WalArchivalTrigger's event loop against real PostgreSQL clusters."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import socket
+
+import pytest
+
+from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
+
+FLAG_ENV = "AIRFLOW_VAR_BATCHED_MIGRATIONS_HEALTH_STATUS_WAL"
+
+
+def make_trigger(conn_id, **overrides):
+    kwargs = dict(
+        postgres_conn_id=conn_id,
+        max_pending_segments=3,
+        flag_variable="batched_migrations_health_status_wal",
+        actor="some_dag",
+        on_unavailable="wait",
+        poll_interval=0.2,
+    )
+    kwargs.update(overrides)
+    return WalArchivalTrigger(**kwargs)
+
+
+async def first_event(trigger, timeout):
+    return await asyncio.wait_for(anext(trigger.run()), timeout)
+
+
+def archive_one_segment(cluster):
+    cluster.open_gate()
+    name = cluster.write_wal_and_switch()
+    cluster.wait_until(lambda: name in cluster.archived_files(), what=f"{name} archived")
+
+
+def test_serialize_round_trip():
+    trigger = make_trigger("primary", database="app")
+    classpath, kwargs = trigger.serialize()
+    module, _, name = classpath.rpartition(".")
+    rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert kwargs["database"] == "app"
+
+
+@pytest.fixture
+def backlogged(monkeypatch, pg_drained):
+    monkeypatch.setenv(FLAG_ENV, "true")
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGER_PRIMARY", pg_drained.uri())
+    archive_one_segment(pg_drained)
+    pg_drained.make_backlog(5)
+    return pg_drained
+
+
+def test_waits_above_threshold_then_fires_once_drained(backlogged):
+    async def scenario():
+        run = make_trigger("trigger_primary").run()
+        pending = asyncio.ensure_future(anext(run))
+        done, _ = await asyncio.wait({pending}, timeout=1.5)
+        assert not done, "the trigger must keep waiting while 5 segments > 3 are pending"
+        await asyncio.to_thread(backlogged.open_gate)
+        return await asyncio.wait_for(pending, 30)
+
+    event = asyncio.run(scenario())
+    assert event.payload["status"] == "success"
+    assert event.payload["checked"] is True
+    assert event.payload["health"]["signal"] == "normal"
+    assert event.payload["health"]["status"]["pending_segments"] <= 3
+
+
+def test_turning_the_flag_off_releases_the_wait(backlogged, monkeypatch):
+    async def scenario():
+        pending = asyncio.ensure_future(anext(make_trigger("trigger_primary").run()))
+        done, _ = await asyncio.wait({pending}, timeout=1.0)
+        assert not done
+        monkeypatch.setenv(FLAG_ENV, "false")
+        return await asyncio.wait_for(pending, 10)
+
+    event = asyncio.run(scenario())
+    assert event.payload == {"status": "success", "checked": False, "health": None}
+    assert len(backlogged.ready_segments()) == 5, "the backlog itself did not drain"
+
+
+def test_unreachable_server_fires_an_error_event(monkeypatch):
+    monkeypatch.setenv(FLAG_ENV, "true")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGER_GONE", f"postgresql://u:p@127.0.0.1:{port}/db")
+
+    event = asyncio.run(first_event(make_trigger("trigger_gone"), 30))
+
+    assert event.payload["status"] == "error"
+    assert "Cannot connect to PostgreSQL with connection 'trigger_gone'" in event.payload["message"]
+    assert "Connection refused" in event.payload["message"]
+
+
+def test_on_unavailable_fail_fires_an_error_event(monkeypatch, pg_cluster_factory):
+    cluster = pg_cluster_factory(name="trigger-archive-off", archive_mode="off")
+    monkeypatch.setenv(FLAG_ENV, "true")
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGER_OFF", cluster.uri())
+
+    event = asyncio.run(first_event(make_trigger("trigger_off", on_unavailable="fail"), 30))
+
+    assert event.payload["status"] == "error"
+    assert "archive_mode is off" in event.payload["message"]
