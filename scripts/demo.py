@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.postgres_cluster import (  # noqa: E402  (the harness lives with the tests)
+from tests.postgres_cluster import (
     PostgresCluster,
     make_base_dir,
     remove_base_dir,
@@ -56,12 +56,17 @@ def main() -> int:
         cluster.create_role("app_reader", "reader-pw", pg_monitor=False)
         monitor = cluster.uri(user="walthrottle_monitor", password="monitor-pw")
         reader = cluster.uri(user="app_reader", password="reader-pw")
-        print(f"data directory {cluster.data_dir}, port {cluster.port}, ready in {time.monotonic() - started:.1f}s")
+        print(
+            f"data directory {cluster.data_dir}, port {cluster.port}, "
+            f"ready in {time.monotonic() - started:.1f}s"
+        )
 
         say("archiving one segment, so the LSN method has a starting point")
         cluster.open_gate()
         first = cluster.write_wal_and_switch()
-        cluster.wait_until(lambda: cluster.archiver_stats()["last_archived_wal"] == first, what="first archive")
+        cluster.wait_until(
+            lambda: cluster.archiver_stats()["last_archived_wal"] == first, what="first archive"
+        )
         run_status(monitor, shown_as="postgresql://walthrottle_monitor@…")
 
         say(f"closing the archive gate and writing {args.backlog} segments of WAL")
@@ -86,7 +91,7 @@ def main() -> int:
         )
         if args.hold:
             cluster.close_gate()
-            say("holding: the cluster runs until Ctrl-C (gate closed; open it with: rm " f"{cluster.gate_path})")
+            say(f"holding: the cluster runs until Ctrl-C (gate closed; open it with: rm {cluster.gate_path})")
             print(f"  {WALTHROTTLE} status {shlex.quote(monitor)}")
             while True:
                 time.sleep(3600)

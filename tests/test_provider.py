@@ -62,7 +62,8 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 def test_import_raises_no_deprecation_warning():
     result = run_python(
         "import airflow_provider_walthrottle as p\n"
-        "from airflow_provider_walthrottle import WalArchivalHook, ArchiverStatus, WalArchivalSensor, FeatureFlag\n"
+        "from airflow_provider_walthrottle import WalArchivalHook, ArchiverStatus\n"
+        "from airflow_provider_walthrottle import WalArchivalSensor, FeatureFlag\n"
         "from airflow_provider_walthrottle import WalArchivalTrigger, Signal, OnUnavailable\n"
         "import airflow_provider_walthrottle.cli\n"
     )
