@@ -20,22 +20,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 import tests.airflow_env  # noqa: F401  (first: sets AIRFLOW_HOME before Airflow is imported)
-
-try:
-    from postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters
-except ModuleNotFoundError:  # tests/ is a package (it has an __init__.py)
-    from tests.postgres_cluster import (  # type: ignore[no-redef]
-        PostgresCluster,
-        make_base_dir,
-        remove_base_dir,
-        stop_all_clusters,
-    )
+from tests.postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from postgres_cluster import ClusterFactory
+    from tests.postgres_cluster import ClusterFactory
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,9 @@ __all__ = [
     "ClusterFactory",
     "PostgresCluster",
     "PostgresClusterError",
+    "find_binary",
     "int_to_lsn",
+    "iter_live_clusters",
     "lsn_to_int",
     "make_base_dir",
     "remove_base_dir",
@@ -215,7 +217,8 @@ def _run_server_program(
     )
     if proc.returncode != 0:
         raise PostgresClusterError(
-            f"{name} failed with exit code {proc.returncode}\ncommand: {shlex.join(cmd)}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            f"{name} failed with exit code {proc.returncode}\ncommand: {shlex.join(cmd)}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
 
@@ -488,15 +491,19 @@ class PostgresCluster:
             cwd=standby.root,
         )
         standby._write_harness_conf()
-        standby.start()
-        standby.wait_until(
-            lambda: standby.execute("SELECT pg_is_in_recovery()")[0][0],
-            what=f"standby {name} to be in recovery",
-        )
-        standby.wait_until(
-            lambda: standby.execute("SELECT status FROM pg_stat_wal_receiver") == [("streaming",)],
-            what=f"standby {name} to stream from {self.name}",
-        )
+        try:
+            standby.start()
+            standby.wait_until(
+                lambda: standby.execute("SELECT pg_is_in_recovery()")[0][0],
+                what=f"standby {name} to be in recovery",
+            )
+            standby.wait_until(
+                lambda: standby.execute("SELECT status FROM pg_stat_wal_receiver") == [("streaming",)],
+                what=f"standby {name} to stream from {self.name}",
+            )
+        except BaseException:
+            standby.close()
+            raise
         return standby
 
     def _ensure_replication_hba(self) -> None:
@@ -566,18 +573,30 @@ class PostgresCluster:
                     ["start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(self.log_path)],
                     cwd=self.root,
                 )
-            except PostgresClusterError as exc:
+            except (PostgresClusterError, subprocess.TimeoutExpired) as exc:
+                self._kill_half_started()
                 new_log = self._read_log()[log_size:]
                 if "Address already in use" in new_log and attempt + 1 < START_ATTEMPTS:
                     self.port = _free_port()
                     self._write_harness_conf()
                     continue
                 raise PostgresClusterError(
-                    f"cluster {self.name} did not start: {exc}\nlast {LOG_TAIL_LINES} lines of {self.log_path}:\n{self.log_tail()}"
+                    f"cluster {self.name} did not start: {exc}\n"
+                    f"last {LOG_TAIL_LINES} lines of {self.log_path}:\n{self.log_tail()}"
                 ) from exc
             break
         self._running = True
         _LIVE[id(self)] = self
+
+    def _kill_half_started(self) -> None:
+        """After a failed start, stop a postmaster that may still be running (``-m immediate``)."""
+        if (self.data_dir / "postmaster.pid").exists():
+            with contextlib.suppress(PostgresClusterError, subprocess.TimeoutExpired):
+                _run_server_program(
+                    "pg_ctl",
+                    ["stop", "-w", "-t", "30", "-m", "immediate", "-D", str(self.data_dir)],
+                    cwd=self.root,
+                )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``pg_ctl stop -m fast -w``); a no-op if it is not running.
@@ -638,8 +657,10 @@ class PostgresCluster:
         )
 
     def insert_lsn(self) -> str:
-        """Return ``pg_current_wal_insert_lsn()`` (unlike ``pg_current_wal_lsn()`` it counts WAL not yet
-        written, which matters with ``synchronous_commit=off``).
+        """Return ``pg_current_wal_insert_lsn()``.
+
+        Unlike ``pg_current_wal_lsn()`` (the write position) it counts WAL not written yet, which
+        matters with ``synchronous_commit=off``.
 
         :return: the LSN as text, e.g. ``0/4003B98``.
         """
@@ -669,6 +690,27 @@ class PostgresCluster:
             what=f"{self.name} to replay {primary.name} up to {target_text}",
         )
         return target_text
+
+    def stop_on_segment_boundary(self, primary: PostgresCluster, attempts: int = 3) -> str:
+        """On a standby: detach it from ``primary`` with its received WAL ending on a segment boundary.
+
+        Promoted there, it archives only ``<timeline>.history``, with no ``.partial`` file. The primary's
+        bgwriter may log a RUNNING_XACTS record after a switch (every 15 s), so this tries again.
+
+        :param primary: the cluster this standby streams from.
+        :param attempts: how many switches to try.
+        :return: the received LSN, on the boundary.
+        """
+        segment_size = self.wal_segsize_mb * 1024 * 1024
+        for _ in range(attempts):
+            primary.write_wal_and_switch()
+            self.wait_for_replay(primary)
+            self.detach_from_primary()
+            received = self.received_lsn()
+            if received is not None and lsn_to_int(received) % segment_size == 0:
+                return received
+            self.attach_to_primary()
+        raise PostgresClusterError(f"{self.name} never stopped on a segment boundary in {attempts} tries")
 
     def detach_from_primary(self, timeout: float = 30) -> None:
         """On a standby, stop streaming: ``primary_conninfo`` is emptied (``ALTER SYSTEM``) and reloaded.
@@ -757,9 +799,7 @@ class PostgresCluster:
         userinfo = urllib.parse.quote(user, safe="")
         if password is not None:
             userinfo += ":" + urllib.parse.quote(password, safe="")
-        return "postgresql://{}@{}:{}/{}".format(
-            userinfo, self.host, self.port, urllib.parse.quote(dbname, safe="")
-        )
+        return f"postgresql://{userinfo}@{self.host}:{self.port}/{urllib.parse.quote(dbname, safe='')}"
 
     def connect(
         self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres"
@@ -786,7 +826,7 @@ class PostgresCluster:
             self._conn = None
 
     def execute(
-        self, query: str | sql.Composable, params: Sequence[Any] | Mapping[str, Any] | None = None
+        self, query: str | sql.SQL | sql.Composed, params: Sequence[Any] | Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         """Run one statement as the superuser, in autocommit mode.
 
@@ -866,6 +906,24 @@ class PostgresCluster:
         self.execute(sql.SQL("INSERT INTO {} (payload) VALUES ('wal')").format(table))
         return str(self.execute("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
 
+    def archive_one_segment(self, timeout: float = 30) -> str:
+        """Open the gate, complete one segment and wait until ``pg_stat_archiver`` reports it archived.
+
+        Gives the LSN method its starting point (``last_archived_wal``). The archived file appears
+        before the statistics are updated, so this waits for the statistics.
+
+        :param timeout: seconds to wait.
+        :return: name of the archived segment.
+        """
+        self.open_gate()
+        name = self.write_wal_and_switch()
+        self.wait_until(
+            lambda: self.archiver_stats()["last_archived_wal"] == name and not self.ready_segments(),
+            timeout=timeout,
+            what=f"{self.name} to report {name} archived",
+        )
+        return name
+
     def _status_names(self) -> list[str]:
         try:
             return sorted(os.listdir(self.data_dir / "pg_wal" / "archive_status"))
@@ -909,7 +967,7 @@ class PostgresCluster:
             cur.execute("SELECT * FROM pg_stat_archiver")
             row = cur.fetchone()
             assert row is not None and cur.description is not None
-            return {col.name: value for col, value in zip(cur.description, row, strict=False)}
+            return {col.name: value for col, value in zip(cur.description, row, strict=True)}
 
     def make_backlog(self, n: int, timeout: float = 30) -> list[str]:
         """Close the gate and complete segments until exactly ``n`` segment ``.ready`` files exist.

@@ -14,14 +14,8 @@ import pytest
 from airflow_provider_walthrottle.cli import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, main
 
 
-def archive_one_segment(cluster):
-    cluster.open_gate()
-    name = cluster.write_wal_and_switch()
-    cluster.wait_until(lambda: name in cluster.archived_files(), what=f"{name} archived")
-
-
 def test_status_above_the_threshold_exits_critical(pg_drained, capsys):
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     pg_drained.make_backlog(5)
 
     code = main(["status", pg_drained.uri(), "--max-pending-segments", "4"])
@@ -37,7 +31,7 @@ def test_status_above_the_threshold_exits_critical(pg_drained, capsys):
 
 
 def test_status_json_at_or_below_the_threshold_exits_ok(pg_drained, capsys, monkeypatch):
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     pg_drained.make_backlog(2)
     monkeypatch.setenv("AIRFLOW_CONN_CLI_PRIMARY", pg_drained.uri())
 
@@ -52,7 +46,7 @@ def test_status_json_at_or_below_the_threshold_exits_ok(pg_drained, capsys, monk
 
 
 def test_keyword_dsn_and_lsn_method(pg_drained, capsys):
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     if not pg_drained.execute("SELECT 1 FROM pg_roles WHERE rolname = 'cli_plain'"):
         pg_drained.create_role("cli_plain", "cli-pw", pg_monitor=False)
 

@@ -1,4 +1,4 @@
-"""Tests that prove the PostgreSQL test harness (``postgres_cluster.py`` and the fixtures in ``conftest.py``)."""
+"""Tests of the PostgreSQL test harness: ``postgres_cluster.py`` and the fixtures in ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -8,19 +8,12 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
-try:
-    from postgres_cluster import PostgresCluster, PostgresClusterError, lsn_to_int
-except ModuleNotFoundError:  # tests/ is a package (it has an __init__.py)
-    from tests.postgres_cluster import (  # type: ignore[no-redef]
-        PostgresCluster,
-        PostgresClusterError,
-        lsn_to_int,
-    )
+from tests.postgres_cluster import PostgresCluster, PostgresClusterError, lsn_to_int
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from postgres_cluster import ClusterFactory
+    from tests.postgres_cluster import ClusterFactory
 
 COUNT_READY_SQL = r"SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name ~ '^[0-9A-F]{24}\.ready$'"
 
@@ -177,18 +170,8 @@ def test_promotion_at_segment_boundary_archives_only_the_history_file(pg_drained
     pg = pg_drained
     segment_size = 16 * 1024 * 1024
     with pg.make_standby("standby-boundary") as standby:
-        # Leave the standby with WAL that ends exactly on a segment boundary. The primary's bgwriter may
-        # log a RUNNING_XACTS record after the switch (every 15 s); if it got through, try again.
-        for _ in range(3):
-            pg.write_wal_and_switch()
-            standby.wait_for_replay(pg)
-            standby.detach_from_primary()
-            received = standby.received_lsn()
-            if received is not None and lsn_to_int(received) % segment_size == 0:
-                break
-            standby.attach_to_primary()
-        else:
-            pytest.fail("the standby never stopped on a segment boundary")
+        received = standby.stop_on_segment_boundary(pg)
+        assert lsn_to_int(received) % segment_size == 0
         stats = _promote_and_settle(standby)
         assert stats["last_archived_wal"] == "00000002.history"
         assert stats["archived_count"] == 1

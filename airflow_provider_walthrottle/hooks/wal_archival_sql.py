@@ -21,7 +21,9 @@ from airflow_provider_walthrottle.wal import READY_SEGMENT_PATTERN
 #: One row: the server settings, the archiver statistics and the WAL position that the backlog is
 #: measured from, plus whether this role may list ``archive_status``. Readable by any role:
 #: ``pg_stat_archiver``, ``current_setting`` and the WAL position functions are public.
-#: ``pg_current_wal_lsn()`` and ``pg_walfile_name()`` fail during recovery, so a standby reports its
+#: ``pg_walfile_name_offset`` names the segment that holds the position (``pg_walfile_name`` names
+#: the previous one when the position is on a segment boundary).
+#: ``pg_current_wal_lsn()`` and ``pg_walfile_name_offset()`` fail during recovery, so a standby reports its
 #: received position instead (its replayed one before streaming starts) and no file name.
 #: ``has_function_privilege`` is asked through ``to_regprocedure`` so that servers older than
 #: PostgreSQL 12, which lack ``pg_ls_archive_statusdir()``, answer ``false`` instead of failing.
@@ -35,7 +37,9 @@ SELECT
         THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
         ELSE pg_current_wal_lsn()
     END::text AS wal_lsn,
-    CASE WHEN NOT pg_is_in_recovery() THEN pg_walfile_name(pg_current_wal_lsn()) END AS current_wal_file,
+    CASE WHEN NOT pg_is_in_recovery()
+        THEN (pg_walfile_name_offset(pg_current_wal_lsn())).file_name
+    END AS current_wal_file,
     a.archived_count,
     a.last_archived_wal,
     a.last_archived_time,

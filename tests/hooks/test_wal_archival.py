@@ -36,17 +36,9 @@ def hooks(monkeypatch):
     return make
 
 
-def archive_one_segment(cluster):
-    """Make sure something was archived, so that the LSN method has a starting point."""
-    cluster.open_gate()
-    name = cluster.write_wal_and_switch()
-    cluster.wait_until(lambda: name in cluster.archived_files(), what=f"{name} archived")
-    cluster.wait_until(lambda: not cluster.ready_segments(), what="no .ready segment left")
-
-
 def test_exact_count_equals_ready_files_and_lsn_fallback_agrees(pg_drained, hooks):
     exact, lsn = hooks(pg_drained)
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     ready = pg_drained.make_backlog(7)
 
     by_count, by_lsn = exact.get_archiver_status(), lsn.get_archiver_status()
@@ -57,13 +49,14 @@ def test_exact_count_equals_ready_files_and_lsn_fallback_agrees(pg_drained, hook
     assert by_count.pending_bytes == 7 * 16 * MB
     assert by_count.wal_segment_size == 16 * MB
     assert (
-        by_count.current_wal_file == pg_drained.execute("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+        by_count.current_wal_file
+        == pg_drained.execute("SELECT file_name FROM pg_walfile_name_offset(pg_current_wal_lsn())")[0][0]
     )
 
 
 def test_a_drained_backlog_reads_zero_by_both_methods(pg_drained, hooks):
     exact, lsn = hooks(pg_drained)
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
 
     assert exact.get_archiver_status().pending_segments == 0
     assert lsn.get_archiver_status().pending_segments == 0
@@ -81,7 +74,7 @@ def test_other_segment_sizes_across_a_log_id_boundary(pg_cluster_factory, hooks,
         name=f"seg{segment_mb}", wal_segsize_mb=segment_mb, start_wal_segment=start_segment
     )
     exact, lsn = hooks(cluster)
-    archive_one_segment(cluster)
+    cluster.archive_one_segment()
     cluster.make_backlog(4)
     assert "00000001" in cluster.ready_segments()[-1][8:16], "the backlog should cross into log id 1"
 
@@ -120,7 +113,7 @@ def test_archive_mode_off_is_not_applicable(pg_cluster_factory, hooks):
 
 def test_failing_archiver(pg_drained, hooks):
     exact, _ = hooks(pg_drained)
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     failed_before = exact.get_archiver_status().failed_count
     ready = pg_drained.make_backlog(2)
     pg_drained.wait_until(
@@ -140,46 +133,82 @@ def test_failing_archiver(pg_drained, hooks):
     assert recovered.last_archived_wal == ready[-1].removesuffix(".ready")
 
 
-def test_standbys_and_a_timeline_history_file_as_last_archived(pg_cluster_factory, hooks):
-    primary = pg_cluster_factory(name="history-primary")
+def test_standbys_are_measured_only_where_they_archive(pg_cluster_factory, hooks):
+    primary = pg_cluster_factory(name="standby-primary")
     hooks(primary)  # creates the plain role, which the standbys inherit
-    archive_one_segment(primary)
-    standby = primary.make_standby("history-standby", archive_mode="on")
-    watcher = primary.make_standby("history-watcher", archive_mode="always")
-    try:
-        # archive_mode=on: a standby archives nothing until promoted
-        exact, lsn = hooks(standby)
-        for hook in (exact, lsn):
+    primary.archive_one_segment()
+    with (
+        primary.make_standby("standby-on", archive_mode="on") as standby,
+        primary.make_standby("standby-always", archive_mode="always") as watcher,
+    ):
+        for hook in hooks(standby):  # archive_mode=on: a standby archives nothing until promoted
             status = hook.get_archiver_status()
             assert status.in_recovery
             assert (status.method, status.pending_segments) == (BacklogMethod.NOT_APPLICABLE, None)
             assert "standby" in status.detail
-        # archive_mode=always: a standby archives what it receives, and is measured
-        watched = hooks(watcher)[0].get_archiver_status()
-        assert watched.in_recovery and watched.method is BacklogMethod.EXACT
+        watched = hooks(watcher)[0].get_archiver_status()  # always: it archives what it receives
+        assert watched.in_recovery
+        assert (watched.method, watched.pending_segments) == (
+            BacklogMethod.EXACT,
+            len(watcher.ready_segments()),
+        )
 
+
+def test_timeline_history_file_as_last_archived(pg_cluster_factory, hooks):
+    primary = pg_cluster_factory(name="history-primary")
+    hooks(primary)
+    primary.archive_one_segment()
+    with primary.make_standby("history-standby") as standby:
+        exact, lsn = hooks(standby)
+        standby.stop_on_segment_boundary(primary)  # promoted there, only 00000002.history is archived
         standby.promote()
         standby.wait_until(
-            lambda: standby.archiver_stats()["last_archived_wal"] == "00000002.history",
+            lambda: (
+                standby.archiver_stats()["last_archived_wal"] == "00000002.history"
+                and not standby.ready_files()
+            ),
             what="the promoted standby to archive 00000002.history",
         )
         standby.close_gate()
+
         by_count, by_lsn = exact.get_archiver_status(), lsn.get_archiver_status()
         assert not by_count.in_recovery
-        assert by_count.method is BacklogMethod.EXACT
-        assert by_count.pending_segments == len(standby.ready_segments())
+        assert (by_count.method, by_count.pending_segments) == (BacklogMethod.EXACT, 0)
         assert by_lsn.last_archived_wal == "00000002.history"
         assert (by_lsn.method, by_lsn.pending_segments) == (BacklogMethod.LSN, None)
         assert "timeline history file 00000002.history" in by_lsn.detail
 
         # once a segment of the new timeline is archived, the LSN count is known again
-        standby.make_backlog(2)
-        standby.drain()
+        standby.archive_one_segment()
         standby.make_backlog(3)
         assert lsn.get_archiver_status().pending_segments == 3 == exact.get_archiver_status().pending_segments
-    finally:
-        watcher.close()
-        standby.close()
+
+
+def test_partial_segment_as_last_archived(pg_cluster_factory, hooks):
+    primary = pg_cluster_factory(name="partial-primary")
+    hooks(primary)
+    primary.archive_one_segment()
+    with primary.make_standby("partial-standby") as standby:
+        exact, lsn = hooks(standby)
+        primary.execute("SELECT pg_switch_wal()")
+        primary.execute("CREATE TABLE mid_segment AS SELECT 1 AS x")  # WAL after the last switch
+        standby.wait_for_replay(primary)
+        standby.promote()
+        standby.wait_until(
+            lambda: (
+                str(standby.archiver_stats()["last_archived_wal"]).endswith(".partial")
+                and not standby.ready_files()
+            ),
+            what="the promoted standby to archive the old timeline's .partial segment",
+        )
+        standby.close_gate()
+        assert lsn.get_archiver_status().pending_segments == 0 == exact.get_archiver_status().pending_segments
+
+        standby.make_backlog(2)  # the first is the new timeline's segment that shares the .partial's number
+        by_count, by_lsn = exact.get_archiver_status(), lsn.get_archiver_status()
+        assert by_lsn.last_archived_wal.endswith(".partial")
+        assert (by_lsn.method, by_lsn.pending_segments) == (BacklogMethod.LSN, 2)
+        assert by_count.pending_segments == 2 == len(standby.ready_segments())
 
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -244,7 +273,7 @@ def test_async_measurement_agrees_with_sync(pg_drained, hooks):
     import asyncio
 
     exact, lsn = hooks(pg_drained)
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     pg_drained.make_backlog(4)
     for hook in (exact, lsn):
         sync_status = hook.get_archiver_status()

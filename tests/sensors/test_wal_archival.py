@@ -35,12 +35,6 @@ def connection(monkeypatch, pg_drained):
     return "wal_primary"
 
 
-def archive_one_segment(cluster):
-    cluster.open_gate()
-    name = cluster.write_wal_and_switch()
-    cluster.wait_until(lambda: name in cluster.archived_files(), what=f"{name} archived")
-
-
 def test_flag_off_passes_at_once_without_any_database(monkeypatch):
     monkeypatch.delenv(FLAG_ENV, raising=False)
     dag, _ = sensor_dag(postgres_conn_id="no_such_connection")
@@ -95,7 +89,7 @@ def test_waits_while_above_threshold_and_passes_once_drained(monkeypatch, pg_dra
     if not pg_drained.execute("SELECT 1 FROM pg_database WHERE datname = 'sensor_checks'"):
         pg_drained.execute("CREATE DATABASE sensor_checks")
     monkeypatch.setenv("AIRFLOW_CONN_COUNTED_PRIMARY", pg_drained.uri(dbname="sensor_checks"))
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     pg_drained.make_backlog(5)
     dag, _ = sensor_dag(postgres_conn_id="counted_primary", max_pending_segments=3, deferrable=deferrable)
     opener = GateOpener(pg_drained, "sensor_checks", checks=3)
@@ -118,7 +112,7 @@ def test_waits_while_above_threshold_and_passes_once_drained(monkeypatch, pg_dra
 
 def test_at_the_threshold_passes_at_once(monkeypatch, pg_drained, connection):
     monkeypatch.setenv(FLAG_ENV, "on")
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     pg_drained.make_backlog(3)
     dag, _ = sensor_dag(postgres_conn_id=connection, max_pending_segments="{{ 1 + 2 }}")
 

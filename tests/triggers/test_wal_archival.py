@@ -30,12 +30,6 @@ async def first_event(trigger, timeout):
     return await asyncio.wait_for(anext(trigger.run()), timeout)
 
 
-def archive_one_segment(cluster):
-    cluster.open_gate()
-    name = cluster.write_wal_and_switch()
-    cluster.wait_until(lambda: name in cluster.archived_files(), what=f"{name} archived")
-
-
 def test_serialize_round_trip():
     trigger = make_trigger("primary", database="app")
     classpath, kwargs = trigger.serialize()
@@ -49,7 +43,7 @@ def test_serialize_round_trip():
 def backlogged(monkeypatch, pg_drained):
     monkeypatch.setenv(FLAG_ENV, "true")
     monkeypatch.setenv("AIRFLOW_CONN_TRIGGER_PRIMARY", pg_drained.uri())
-    archive_one_segment(pg_drained)
+    pg_drained.archive_one_segment()
     pg_drained.make_backlog(5)
     return pg_drained
 
