@@ -62,11 +62,7 @@ def main() -> int:
         )
 
         say("archiving one segment, so the LSN method has a starting point")
-        cluster.open_gate()
-        first = cluster.write_wal_and_switch()
-        cluster.wait_until(
-            lambda: cluster.archiver_stats()["last_archived_wal"] == first, what="first archive"
-        )
+        cluster.archive_one_segment()
         run_status(monitor, shown_as="postgresql://walthrottle_monitor@…")
 
         say(f"closing the archive gate and writing {args.backlog} segments of WAL")
