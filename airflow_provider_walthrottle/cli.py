@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider_walthrottle import __version__
 from airflow_provider_walthrottle.health import DEFAULT_MAX_PENDING_SEGMENTS, Signal
@@ -90,7 +90,9 @@ def make_hook(target: str, database: str | None) -> WalArchivalHook:
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
     if "=" not in target and "://" not in target:
-        return WalArchivalHook(postgres_conn_id=target, database=database)
+        return WalArchivalHook(
+            postgres_conn_id=target, database=database, connection=lookup_connection(target)
+        )
 
     from airflow.sdk import Connection
     from psycopg.conninfo import conninfo_to_dict
@@ -113,6 +115,23 @@ def make_hook(target: str, database: str | None) -> WalArchivalHook:
         extra=json.dumps({key: str(value) for key, value in params.items()}) if params else None,
     )
     return WalArchivalHook(postgres_conn_id="dsn", connection=connection, database=database)
+
+
+def lookup_connection(conn_id: str) -> Any:
+    """Find a connection the way Airflow's own CLI does: secrets backends, env, then the metadata DB.
+
+    Outside a task, the Task SDK does not read the metadata database, so a connection made with
+    ``airflow connections add`` would look undefined. Returns ``None`` when it is not found or the
+    metadata database cannot be read; the hook then reports the connection as not defined.
+
+    :param conn_id: the Airflow connection id.
+    """
+    from airflow.models.connection import Connection as StoredConnection
+
+    try:
+        return StoredConnection.get_connection_from_secrets(conn_id)
+    except Exception:  # not found, or no metadata database on this machine
+        return None
 
 
 def _optional(value: object) -> str | None:

@@ -21,6 +21,14 @@ class InsufficientPrivilegeError(WalThrottleError):
     """The connection's role lacks a privilege the provider needs."""
 
 
+class DatabaseQueryError(WalThrottleError):
+    """A query failed for another reason than a missing privilege (a timeout, a restart, …)."""
+
+
+class UnsupportedConfigurationError(WalThrottleError):
+    """The installed drivers or the connection's options are not supported here."""
+
+
 _CONNECT_HINTS: tuple[tuple[str, str], ...] = (
     ("password authentication failed", "check the connection's login and password"),
     ("no password supplied", "set the connection's password"),
@@ -29,6 +37,7 @@ _CONNECT_HINTS: tuple[tuple[str, str], ...] = (
     ("connection refused", "check the connection's host and port, and that the server is running"),
     ("timeout expired", "check the connection's host and port, and that the server is reachable"),
     ("could not translate host name", "check the connection's host name"),
+    ("failed to resolve host", "check the connection's host name"),
     ("no route to host", "check the connection's host, and that the server is reachable"),
 )
 
@@ -38,7 +47,7 @@ def first_line(error: BaseException) -> str:
 
     :param error: the error raised by psycopg.
     """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [" ".join(line.split()) for line in str(error).splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
     # libpq reports 'connection failed: connection to server at "h" (ip), port p failed: <reason>'

@@ -208,9 +208,9 @@ class FeatureFlag:
 
     Constructing a flag reads nothing, so it is safe at module level in a DAG file. Each call to
     :meth:`is_enabled` reads the Variable through ``airflow.sdk.Variable``, so a change takes effect at
-    the next call. Inside a task or a trigger that means ``AIRFLOW_VAR_*``, the configured secrets
-    backend, then the API server; outside them (DAG parsing, scripts) Airflow 3 looks only at
-    ``AIRFLOW_VAR_*`` and the configured secrets backend, not at the metadata database, so a Variable
+    the next call. Inside a task or a trigger that means the configured secrets backend, then
+    ``AIRFLOW_VAR_*``, then the API server; outside them (DAG parsing, scripts) Airflow 3 looks only at
+    the configured secrets backend and ``AIRFLOW_VAR_*``, not at the metadata database, so a Variable
     set with ``airflow variables set`` reads as missing there. The answer never raises: a
     missing Variable gives ``default`` quietly; an unreadable or invalid one gives ``default`` after
     one warning line naming the Variable, the value or error, and the accepted forms.

@@ -27,7 +27,7 @@ T1 = T0 + datetime.timedelta(seconds=5)
         ("000000010000000000000002", "0/9000000", 16 * MB, 6),
         # the segment being written is never counted
         ("000000010000000000000008", "0/9000100", 16 * MB, 0),
-        # 64 MB segments across a log-id boundary, where GitLab's 16 MB formula reports 193
+        # 64 MB segments across a log-id boundary, where a 16 MB assumption counts ~190 too many
         ("00000001000000000000003F", "1/4000000", 64 * MB, 1),
         # 1 MB segments, where the 16 MB formula goes negative
         ("000000010000000000000FFA", "1/100000", 1 * MB, 6),

@@ -103,3 +103,20 @@ def test_console_script_is_installed(pg_drained):
     )
     assert result.returncode == EXIT_OK, result.stderr
     assert json.loads(result.stdout)["signal"] == "normal"
+
+
+def test_connection_stored_in_the_metadata_database(pg_drained, capsys):
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    from tests.dag_testing import migrate_metadata_db
+
+    migrate_metadata_db()
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id == "cli_db_only").delete()
+        session.add(Connection(conn_id="cli_db_only", uri=pg_drained.uri()))
+
+    code = main(["status", "cli_db_only", "--json"])
+
+    assert code == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["signal"] == "normal"

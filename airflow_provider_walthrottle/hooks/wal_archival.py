@@ -12,7 +12,9 @@ from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.exceptions import (
     ConnectionNotDefinedError,
+    DatabaseQueryError,
     InsufficientPrivilegeError,
+    UnsupportedConfigurationError,
     connect_error,
     first_line,
 )
@@ -73,7 +75,7 @@ class WalArchivalHook(PostgresHook):
         """Return libpq keyword arguments for the connection, as :meth:`get_conn` would use them."""
         connection = self._get_airflow_connection()
         if connection.extra_dejson.get("iam", False):
-            raise ConnectionNotDefinedError(
+            raise UnsupportedConfigurationError(
                 f"Connection '{self.conn_id}' uses IAM authentication, which the asynchronous trigger "
                 "does not support; use deferrable=False"
             )
@@ -100,7 +102,7 @@ class WalArchivalHook(PostgresHook):
             raise connect_error(target, error) from None
         if not isinstance(conn, psycopg.Connection):
             conn.close()
-            raise ConnectionNotDefinedError(
+            raise UnsupportedConfigurationError(
                 "WalArchivalHook needs psycopg 3 behind PostgresHook; install psycopg and SQLAlchemy 2"
             )
         try:
@@ -125,8 +127,8 @@ class WalArchivalHook(PostgresHook):
                     query = conversation.send(cursor.fetchall())
             except StopIteration as done:
                 return done.value
-            except psycopg.errors.InsufficientPrivilege as error:
-                raise self._privilege_error(error) from None
+            except psycopg.Error as error:
+                raise self._query_error(error) from None
 
     async def aget_archiver_status(self) -> ArchiverStatus:
         """Measure the archiver's state and backlog once, with psycopg's ``AsyncConnection``.
@@ -146,8 +148,8 @@ class WalArchivalHook(PostgresHook):
                     query = conversation.send(await cursor.fetchall())
             except StopIteration as done:
                 return done.value
-            except psycopg.errors.InsufficientPrivilege as error:
-                raise self._privilege_error(error) from None
+            except psycopg.Error as error:
+                raise self._query_error(error) from None
 
     @asynccontextmanager
     async def _async_read_only_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -165,9 +167,15 @@ class WalArchivalHook(PostgresHook):
         finally:
             await conn.close()
 
-    def _privilege_error(self, error: psycopg.Error) -> InsufficientPrivilegeError:
-        login = self._get_airflow_connection().login
-        return InsufficientPrivilegeError(
-            f"Role '{login}' of connection '{self.conn_id}' may not read the WAL archiver state: "
-            f'{first_line(error)}; grant it pg_monitor (GRANT pg_monitor TO "{login}")'
+    def _query_error(self, error: psycopg.Error) -> DatabaseQueryError | InsufficientPrivilegeError:
+        """Turn a failed query into one line that names the connection and what to do."""
+        if isinstance(error, psycopg.errors.InsufficientPrivilege):
+            login = self._get_airflow_connection().login
+            return InsufficientPrivilegeError(
+                f"Role '{login}' of connection '{self.conn_id}' may not read the WAL archiver state: "
+                f"{first_line(error)}; it needs SELECT on pg_catalog.pg_stat_archiver (granted to PUBLIC "
+                "by default) and, for the exact count, pg_monitor"
+            )
+        return DatabaseQueryError(
+            f"Reading the WAL archiver state with {self.describe_target()} failed: {first_line(error)}"
         )

@@ -47,6 +47,8 @@ class WalArchivalSensor(BaseSensorOperator):
     :param max_pending_segments: the most segments that may wait; only a backlog *above* it waits.
         (templated)
     :param flag_variable: the Airflow Variable holding the feature flag. (templated)
+    :param flag_default: the flag's answer while the Variable is missing or unreadable. Off during the
+        rollout; ``True`` once the check is released to everybody, so the Variable can be deleted.
     :param on_unavailable: what a reading of "not available" (archiving off, or a standby that does
         not archive) or "unknown" does: ``"wait"`` (default, the safe choice: a wrong connection
         never lets a migration run unthrottled), ``"proceed"`` or ``"fail"``.
@@ -64,6 +66,7 @@ class WalArchivalSensor(BaseSensorOperator):
         postgres_conn_id: str = "postgres_default",
         max_pending_segments: int | str = DEFAULT_MAX_PENDING_SEGMENTS,
         flag_variable: str = WAL_HEALTH_FLAG,
+        flag_default: bool = False,
         on_unavailable: str | OnUnavailable = OnUnavailable.WAIT,
         database: str | None = None,
         deferrable: bool = True,
@@ -77,6 +80,7 @@ class WalArchivalSensor(BaseSensorOperator):
         self.postgres_conn_id = postgres_conn_id
         self.max_pending_segments = max_pending_segments
         self.flag_variable = flag_variable
+        self.flag_default = flag_default
         self.on_unavailable = OnUnavailable.parse(on_unavailable)
         self.database = database
         self.deferrable = deferrable
@@ -107,6 +111,7 @@ class WalArchivalSensor(BaseSensorOperator):
                 postgres_conn_id=self.postgres_conn_id,
                 max_pending_segments=self.threshold,
                 flag_variable=self.flag_variable,
+                flag_default=self.flag_default,
                 actor=self.dag_id,
                 on_unavailable=self.on_unavailable.value,
                 poll_interval=self.poke_interval,
@@ -129,7 +134,7 @@ class WalArchivalSensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue:
         """Check the flag, then the backlog; log one line saying what was found and what happens."""
         threshold = self.threshold
-        if not FeatureFlag(self.flag_variable).is_enabled(self.dag_id):
+        if not self._flag().is_enabled(self.dag_id):
             self.log.info(
                 "Feature flag %s is off: WAL archival check skipped, database not contacted. "
                 "Turn it on with `airflow variables set %s true`.",
@@ -150,6 +155,10 @@ class WalArchivalSensor(BaseSensorOperator):
         )
         xcom = {"checked": True, "flag_variable": self.flag_variable, **health.to_dict()}
         return PokeReturnValue(is_done=proceed, xcom_value=xcom)
+
+    def _flag(self) -> FeatureFlag:
+        """The flag, with the rendered Variable key."""
+        return FeatureFlag(self.flag_variable, default=self.flag_default)
 
     def _unchecked_result(self) -> dict[str, Any]:
         return {"checked": False, "flag_variable": self.flag_variable, "signal": None}

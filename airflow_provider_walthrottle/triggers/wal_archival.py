@@ -34,6 +34,7 @@ class WalArchivalTrigger(BaseTrigger):
     :param max_pending_segments: the most segments that may wait.
     :param flag_variable: the Airflow Variable holding the feature flag; re-read on every poll, so
         turning the flag off releases the wait.
+    :param flag_default: the flag's answer while the Variable is missing or unreadable.
     :param actor: who asks, for a percentage rollout of the flag (a DAG id or migration name).
     :param on_unavailable: what a "not available" or "unknown" reading does.
     :param poll_interval: seconds between two checks.
@@ -46,6 +47,7 @@ class WalArchivalTrigger(BaseTrigger):
         postgres_conn_id: str,
         max_pending_segments: int,
         flag_variable: str,
+        flag_default: bool,
         actor: str | None,
         on_unavailable: str,
         poll_interval: float,
@@ -55,6 +57,7 @@ class WalArchivalTrigger(BaseTrigger):
         self.postgres_conn_id = postgres_conn_id
         self.max_pending_segments = max_pending_segments
         self.flag_variable = flag_variable
+        self.flag_default = flag_default
         self.actor = actor
         self.on_unavailable = on_unavailable
         self.poll_interval = poll_interval
@@ -68,6 +71,7 @@ class WalArchivalTrigger(BaseTrigger):
                 "postgres_conn_id": self.postgres_conn_id,
                 "max_pending_segments": self.max_pending_segments,
                 "flag_variable": self.flag_variable,
+                "flag_default": self.flag_default,
                 "actor": self.actor,
                 "on_unavailable": self.on_unavailable,
                 "poll_interval": self.poll_interval,
@@ -77,7 +81,7 @@ class WalArchivalTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check, then sleep ``poll_interval`` seconds, until one event can be fired."""
-        flag = FeatureFlag(self.flag_variable)
+        flag = FeatureFlag(self.flag_variable, default=self.flag_default)
         hook = WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
         on_unavailable = OnUnavailable.parse(self.on_unavailable)
         while True:
@@ -95,7 +99,7 @@ class WalArchivalTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "success", "checked": True, "health": health.to_dict()})
                 return
             self.log.info(
-                "WAL archival on %s: %s; waiting, next check in %ss",
+                "WAL archival on %s: %s; waiting, next check in %gs",
                 self.postgres_conn_id,
                 health.summary(),
                 self.poll_interval,

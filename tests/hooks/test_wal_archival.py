@@ -12,6 +12,7 @@ from airflow_provider_walthrottle.archiver_status import BacklogMethod
 from airflow_provider_walthrottle.exceptions import (
     ConnectionNotDefinedError,
     DatabaseConnectError,
+    InsufficientPrivilegeError,
 )
 from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
@@ -66,7 +67,7 @@ def test_a_drained_backlog_reads_zero_by_both_methods(pg_drained, hooks):
     ("segment_mb", "start_segment"),
     [
         (1, "000000010000000000000FFD"),  # 4096 segments per log id
-        (64, "00000001000000000000003E"),  # 64 segments per log id; GitLab reports 193 here
+        (64, "00000001000000000000003E"),  # 64 segments per log id, where 16 MB arithmetic is far off
     ],
 )
 def test_other_segment_sizes_across_a_log_id_boundary(pg_cluster_factory, hooks, segment_mb, start_segment):
@@ -280,3 +281,18 @@ def test_async_measurement_agrees_with_sync(pg_drained, hooks):
         async_status = asyncio.run(_async_status(hook))
         assert async_status.pending_segments == sync_status.pending_segments == 4
         assert async_status.method is sync_status.method
+
+
+def test_role_that_may_not_read_the_archiver_statistics(hooks, pg_drained):
+    _, lsn = hooks(pg_drained)
+    pg_drained.execute("REVOKE SELECT ON pg_catalog.pg_stat_archiver FROM PUBLIC")
+    try:
+        with pytest.raises(InsufficientPrivilegeError) as raised:
+            lsn.get_archiver_status()
+    finally:
+        pg_drained.execute("GRANT SELECT ON pg_catalog.pg_stat_archiver TO PUBLIC")
+    message = str(raised.value)
+    assert "Role 'plain_reader' of connection 'lsn_" in message
+    assert "permission denied for view pg_stat_archiver" in message
+    assert "SELECT on pg_catalog.pg_stat_archiver" in message
+    assert "\n" not in message

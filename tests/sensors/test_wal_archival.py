@@ -182,3 +182,14 @@ def test_missing_connection_with_the_flag_on_fails_with_the_fix(monkeypatch):
 
     assert task_states(run_dag(dag)) == {"wait_for_wal": "failed"}
     assert "Airflow connection 'no_such_connection' is not defined" in str(failures[0])
+
+
+def test_released_flag_defaults_on_when_the_variable_is_gone(monkeypatch, pg_drained, connection):
+    monkeypatch.delenv(FLAG_ENV, raising=False)
+    pg_drained.archive_one_segment()
+    dag, _ = sensor_dag(postgres_conn_id=connection, flag_default=True)
+
+    result = xcom_of(run_dag(dag), "wait_for_wal")
+
+    assert result["checked"] is True
+    assert result["status"]["pending_segments"] == 0

@@ -18,6 +18,7 @@ def make_trigger(conn_id, **overrides):
         postgres_conn_id=conn_id,
         max_pending_segments=3,
         flag_variable="batched_migrations_health_status_wal",
+        flag_default=False,
         actor="some_dag",
         on_unavailable="wait",
         poll_interval=0.2,
