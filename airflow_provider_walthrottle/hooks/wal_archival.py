@@ -18,7 +18,10 @@ from airflow_provider_walthrottle.exceptions import (
     connect_error,
     first_line,
 )
-from airflow_provider_walthrottle.hooks.wal_archival_sql import archiver_status_conversation
+from airflow_provider_walthrottle.hooks.wal_archival_sql import (
+    archiver_status_conversation,
+    read_archiver_status,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -94,7 +97,13 @@ class WalArchivalHook(PostgresHook):
         return {name: value for name, value in kwargs.items() if value is not None}
 
     @contextmanager
-    def _read_only_connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connect(self, *, read_only: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """Open a psycopg connection in autocommit mode, closed on exit; wrap its transactions yourself.
+
+        :param read_only: make every transaction on it read-only.
+        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
+        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
+        """
         target = self.describe_target()
         try:
             conn = self.get_conn()
@@ -106,10 +115,11 @@ class WalArchivalHook(PostgresHook):
                 "WalArchivalHook needs psycopg 3 behind PostgresHook; install psycopg and SQLAlchemy 2"
             )
         try:
-            conn.read_only = True
+            conn.autocommit = True
+            conn.read_only = read_only
             yield conn
         finally:
-            conn.close()  # discards the read-only transaction
+            conn.close()
 
     def get_archiver_status(self) -> ArchiverStatus:
         """Measure the archiver's state and backlog once.
@@ -118,15 +128,9 @@ class WalArchivalHook(PostgresHook):
         :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
         :raises InsufficientPrivilegeError: if the role may not even read the archiver statistics.
         """
-        conversation = archiver_status_conversation()
-        with self._read_only_connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+        with self.connect(read_only=True) as conn:
             try:
-                query = next(conversation)
-                while True:
-                    cursor.execute(query)
-                    query = conversation.send(cursor.fetchall())
-            except StopIteration as done:
-                return done.value
+                return read_archiver_status(conn)
             except psycopg.Error as error:
                 raise self._query_error(error) from None
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
+import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.archiver_status import (
     ArchiverStatus,
@@ -65,6 +67,22 @@ READY_SEGMENT_COUNT = sql.SQL(
 #: A measurement as a conversation: it yields each query to run and receives that query's rows, so
 #: the synchronous and the asynchronous connection drive the very same steps.
 StatusConversation = Generator[sql.SQL | sql.Composed, list[dict[str, Any]], ArchiverStatus]
+
+
+def read_archiver_status(conn: psycopg.Connection[Any]) -> ArchiverStatus:
+    """Measure the archiver's state on an open connection, in a transaction of its own.
+
+    :param conn: a psycopg connection in autocommit mode (or with no transaction open).
+    """
+    conversation = archiver_status_conversation()
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        try:
+            query = next(conversation)
+            while True:
+                cursor.execute(query)
+                query = conversation.send(cursor.fetchall())
+        except StopIteration as done:
+            return done.value
 
 
 def archiver_status_conversation() -> StatusConversation:

@@ -261,7 +261,7 @@ def test_the_hook_changes_nothing(pg_drained, hooks):
     objects_before = pg_drained.execute("SELECT count(*) FROM pg_class")
     for hook in (exact, lsn):
         hook.get_archiver_status()
-        with hook._read_only_connection() as conn:
+        with hook.connect(read_only=True) as conn, conn.transaction():
             assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
     assert pg_drained.execute("SELECT count(*) FROM pg_class") == objects_before
 

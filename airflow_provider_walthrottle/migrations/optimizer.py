@@ -1,0 +1,333 @@
+"""Choose the size of the next batch of a migration: a time target, bounded by WAL headroom.
+
+Plain Python with no Airflow or database imports, so that the sizing rule can be read, tested and
+benchmarked on its own. The rule works like pt-online-schema-change's ``--chunk-time``, with one more
+bound:
+
+1. **Time target.** Aim at :attr:`BatchSizePolicy.target_batch_seconds` per batch, using an
+   exponentially weighted moving average (EWMA) of the rows per second of past batches.
+2. **WAL headroom.** Never plan a batch whose projected WAL would push the archival backlog past the
+   threshold: with ``pending_segments`` waiting for ``archive_command`` and a threshold of
+   ``max_pending_segments``, a batch may write at most
+   ``(max_pending_segments - pending_segments) * wal_segment_size`` bytes, which is that many bytes
+   divided by the (EWMA of the) WAL bytes per row.
+3. **Smoothing.** Grow by at most :attr:`BatchSizePolicy.max_growth` times the current size per
+   step; shrink at once.
+4. **Clamp** to ``[min_batch_size, max_batch_size]``. The WAL bound alone may go below
+   ``min_batch_size``: then the decision says :attr:`BatchSizeDecision.must_wait`, because running
+   even the smallest batch would overshoot the threshold.
+
+>>> estimate = ThroughputEstimate().observe(BatchObservation(rows=1000, seconds=10.0, wal_bytes=52_000))
+>>> decision = next_batch_size(
+...     1000, estimate, BatchSizePolicy(), pending_segments=None, max_pending_segments=42,
+...     wal_segment_size=16 * 1024 * 1024,
+... )
+>>> decision.size, decision.limited_by
+(2000, 'growth')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+#: Weight of the newest observation in the moving averages.
+DEFAULT_ALPHA = 0.3
+
+#: The values of :attr:`BatchSizeDecision.limited_by`.
+LIMITS = ("time", "wal", "growth", "min", "max", "initial")
+
+
+def _ewma(previous: float | None, sample: float, alpha: float) -> float:
+    """Blend ``sample`` into ``previous``; the first sample seeds the average."""
+    if previous is None:
+        return float(sample)
+    return alpha * sample + (1.0 - alpha) * previous
+
+
+def _number(value: float) -> str:
+    """Format a rate for a log line: whole numbers from 10 up, two significant decimals below."""
+    if abs(value) >= 10:
+        return f"{value:.0f}"
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+@dataclass(frozen=True)
+class BatchObservation:
+    """What one finished batch (or sub-batch) measured.
+
+    :param rows: rows the batch processed.
+    :param seconds: wall-clock time the batch took.
+    :param wal_bytes: WAL the batch wrote, as the difference of ``pg_current_wal_insert_lsn()``
+        before and after it.
+    """
+
+    rows: int
+    seconds: float
+    wal_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.rows < 0:
+            raise ValueError(f"rows must be 0 or more, got {self.rows!r} instead")
+        if not math.isfinite(self.seconds):
+            raise ValueError(f"seconds must be a finite number, got {self.seconds!r} instead")
+        if self.wal_bytes < 0:
+            raise ValueError(
+                f"wal_bytes must be 0 or more, got {self.wal_bytes!r} instead;"
+                " measure it as the LSN after the batch minus the LSN before it"
+            )
+
+
+@dataclass(frozen=True)
+class ThroughputEstimate:
+    """Moving averages of a migration's throughput, kept by the caller between tasks.
+
+    Both figures are plain floats (or ``None``), so ``dataclasses.asdict(estimate)`` is JSON-ready
+    and ``ThroughputEstimate(**data)`` reads it back.
+
+    :param rows_per_second: EWMA of rows processed per second; ``None`` before any timed batch.
+    :param wal_bytes_per_row: EWMA of WAL bytes written per row; ``None`` before any batch with rows.
+    """
+
+    rows_per_second: float | None = None
+    wal_bytes_per_row: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rows_per_second", "wal_bytes_per_row"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of 0 or more, got {value!r} instead")
+
+    def observe(self, observation: BatchObservation, alpha: float = DEFAULT_ALPHA) -> ThroughputEstimate:
+        """Return a new estimate with ``observation`` blended in.
+
+        A batch that took no measurable time (``seconds <= 0``) leaves the rate unchanged, and a
+        batch without rows leaves the WAL bytes per row unchanged.
+
+        :param observation: what the last batch measured.
+        :param alpha: weight of the new observation, in ``(0, 1]``; 1 forgets the past at once.
+        :raises ValueError: if ``alpha`` is outside ``(0, 1]``.
+        """
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r} instead")
+        rows_per_second = self.rows_per_second
+        if observation.seconds > 0:
+            rows_per_second = _ewma(rows_per_second, observation.rows / observation.seconds, alpha)
+        wal_bytes_per_row = self.wal_bytes_per_row
+        if observation.rows > 0:
+            wal_bytes_per_row = _ewma(wal_bytes_per_row, observation.wal_bytes / observation.rows, alpha)
+        return ThroughputEstimate(rows_per_second=rows_per_second, wal_bytes_per_row=wal_bytes_per_row)
+
+
+@dataclass(frozen=True)
+class BatchSizePolicy:
+    """How far the batch size may move.
+
+    :param min_batch_size: fewest rows in a batch; below this, the migration waits instead.
+    :param max_batch_size: most rows in a batch.
+    :param target_batch_seconds: how long a batch should take.
+    :param max_growth: largest factor by which the size may grow from one batch to the next.
+    :raises ValueError: if a bound is impossible.
+    """
+
+    min_batch_size: int = 100
+    max_batch_size: int = 100_000
+    target_batch_seconds: float = 30.0
+    max_growth: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.min_batch_size < 1:
+            raise ValueError(f"min_batch_size must be 1 or more, got {self.min_batch_size!r} instead")
+        if self.max_batch_size < self.min_batch_size:
+            raise ValueError(
+                f"max_batch_size must be at least min_batch_size ({self.min_batch_size!r}),"
+                f" got {self.max_batch_size!r} instead"
+            )
+        if not (math.isfinite(self.target_batch_seconds) and self.target_batch_seconds > 0):
+            raise ValueError(
+                f"target_batch_seconds must be a positive number, got {self.target_batch_seconds!r} instead"
+            )
+        if not (math.isfinite(self.max_growth) and self.max_growth >= 1):
+            raise ValueError(f"max_growth must be 1 or more (1 never grows), got {self.max_growth!r} instead")
+
+    def clamp(self, size: int) -> int:
+        """Return ``size`` within ``[min_batch_size, max_batch_size]``.
+
+        :param size: a number of rows.
+        """
+        return max(self.min_batch_size, min(self.max_batch_size, size))
+
+
+@dataclass(frozen=True)
+class BatchSizeDecision:
+    """The size of the next batch and why.
+
+    :param size: rows to plan now. When :attr:`must_wait` is true, this is what the WAL headroom
+        allows (below ``min_batch_size``, possibly 0) and the caller should wait, not run.
+    :param by_time: what the time target alone asked for; ``None`` before any rate is known.
+    :param by_wal: what the WAL headroom allowed; ``None`` when the WAL does not bound the batch.
+    :param limited_by: ``"time"``, ``"wal"``, ``"growth"``, ``"min"``, ``"max"`` or ``"initial"``.
+    :param must_wait: true when the WAL headroom allows fewer than ``min_batch_size`` rows.
+    :param current_size: the size the decision started from.
+    :param headroom_segments: ``max_pending_segments - pending_segments``; ``None`` if unknown.
+    :param estimate: the throughput estimate the decision used.
+    :param policy: the policy the decision used.
+    """
+
+    size: int
+    by_time: int | None
+    by_wal: int | None
+    limited_by: str
+    must_wait: bool
+    current_size: int | None = None
+    headroom_segments: int | None = None
+    estimate: ThroughputEstimate | None = None
+    policy: BatchSizePolicy | None = None
+
+    def describe(self) -> str:
+        """Return one line for a task log: the size, what limited it, and the numbers behind it.
+
+        >>> BatchSizeDecision(
+        ...     size=4000, by_time=9000, by_wal=4000, limited_by="wal", must_wait=False,
+        ...     headroom_segments=12, estimate=ThroughputEstimate(300.0, 52.0),
+        ... ).describe()
+        'next batch 4000 rows (limited by wal: 12 segments of headroom allow 4000 rows at 52 WAL bytes/row; time target asks 9000)'
+        """  # noqa: E501
+        head = (
+            f"wait: WAL headroom allows only {self.size} rows"
+            if self.must_wait
+            else f"next batch {self.size} rows"
+        )
+        notes = [f"limited by {self.limited_by}: {self._reason()}"]
+        if self.by_time is not None and self.limited_by != "time":
+            notes.append(f"time target asks {self.by_time}")
+        if self.by_wal is not None and self.limited_by != "wal":
+            notes.append(f"WAL headroom allows {self.by_wal}")
+        return f"{head} ({'; '.join(notes)})"
+
+    def _reason(self) -> str:
+        """Return the numbers behind :attr:`limited_by`."""
+        policy = self.policy
+        estimate = self.estimate
+        if self.limited_by == "wal":
+            per_row = estimate.wal_bytes_per_row if estimate is not None else None
+            if self.headroom_segments is not None and self.headroom_segments <= 0:
+                return (
+                    f"{self.headroom_segments} segments of headroom, the backlog is at or past the threshold"
+                )
+            reason = f"{self.headroom_segments} segments of headroom allow {self.by_wal} rows"
+            if per_row is not None:
+                reason += f" at {_number(per_row)} WAL bytes/row"
+            if self.must_wait and policy is not None:
+                reason += f", below min_batch_size {policy.min_batch_size}"
+            return reason
+        if self.limited_by == "time":
+            if policy is None or estimate is None or estimate.rows_per_second is None:
+                return f"time target asks {self.by_time}"
+            return (
+                f"{_number(policy.target_batch_seconds)}s target"
+                f" at {_number(estimate.rows_per_second)} rows/s"
+            )
+        if self.limited_by == "growth":
+            growth = f"{_number(policy.max_growth)}x" if policy is not None else "the allowed growth"
+            return f"at most {growth} the last {self.current_size}"
+        if self.limited_by == "min":
+            return f"min_batch_size {policy.min_batch_size}" if policy is not None else "min_batch_size"
+        if self.limited_by == "max":
+            return f"max_batch_size {policy.max_batch_size}" if policy is not None else "max_batch_size"
+        return f"no throughput estimate yet, starting from {self.current_size}"
+
+
+def wal_row_bound(
+    headroom_segments: int, wal_segment_size: int, wal_bytes_per_row: float | None
+) -> int | None:
+    """Return the most rows whose projected WAL fits the headroom, or ``None`` if unbounded.
+
+    The division is exact (through :class:`~fractions.Fraction`), so ``rows * wal_bytes_per_row``
+    never exceeds ``headroom_segments * wal_segment_size`` by a rounding error.
+
+    >>> wal_row_bound(12, 16 * 1024 * 1024, 1000.0)
+    201326
+
+    :param headroom_segments: segments that may still pile up before the threshold.
+    :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
+    :param wal_bytes_per_row: WAL bytes per row; ``None`` (not measured yet) or 0 means no bound,
+        unless the headroom is already gone.
+    """
+    headroom_bytes = headroom_segments * wal_segment_size
+    if headroom_bytes <= 0:
+        return 0
+    if wal_bytes_per_row is None or wal_bytes_per_row <= 0:
+        return None
+    return math.floor(Fraction(headroom_bytes) / Fraction(wal_bytes_per_row))
+
+
+def next_batch_size(
+    current_size: int,
+    estimate: ThroughputEstimate,
+    policy: BatchSizePolicy,
+    *,
+    pending_segments: int | None,
+    max_pending_segments: int,
+    wal_segment_size: int,
+) -> BatchSizeDecision:
+    """Decide how many rows the next batch should process.
+
+    With no rate yet, the decision is ``current_size`` clamped to the policy (``"initial"``),
+    still bounded by the WAL headroom.
+
+    :param current_size: rows of the batch that ran last; at the start, the configured batch size.
+    :param estimate: the throughput measured so far.
+    :param policy: the bounds on the size.
+    :param pending_segments: WAL segments waiting for ``archive_command`` now; ``None`` when the
+        backlog is unknown, not applicable or not watched, which removes the WAL bound.
+    :param max_pending_segments: the backlog threshold the migration must stay at or below.
+    :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
+    :raises ValueError: if ``current_size`` is negative, or if the backlog is given with a negative
+        count, threshold or segment size.
+    """
+    if current_size < 0:
+        raise ValueError(f"current_size must be 0 or more, got {current_size!r} instead")
+    start = policy.clamp(current_size)
+
+    by_time: int | None = None
+    if estimate.rows_per_second is None:
+        size, limited_by = start, "initial"
+    else:
+        by_time = math.floor(estimate.rows_per_second * policy.target_batch_seconds)
+        size, limited_by = by_time, "time"
+        most = math.floor(start * policy.max_growth)
+        if size > most:
+            size, limited_by = most, "growth"
+        if size > policy.max_batch_size:
+            size, limited_by = policy.max_batch_size, "max"
+        elif size < policy.min_batch_size:
+            size, limited_by = policy.min_batch_size, "min"
+
+    headroom_segments: int | None = None
+    by_wal: int | None = None
+    if pending_segments is not None:
+        if pending_segments < 0 or max_pending_segments < 0:
+            raise ValueError(
+                f"pending_segments and max_pending_segments must be 0 or more,"
+                f" got {pending_segments!r} and {max_pending_segments!r} instead"
+            )
+        if wal_segment_size <= 0:
+            raise ValueError(f"wal_segment_size must be positive, got {wal_segment_size!r} instead")
+        headroom_segments = max_pending_segments - pending_segments
+        by_wal = wal_row_bound(headroom_segments, wal_segment_size, estimate.wal_bytes_per_row)
+        if by_wal is not None and by_wal < size:
+            size, limited_by = by_wal, "wal"
+
+    return BatchSizeDecision(
+        size=size,
+        by_time=by_time,
+        by_wal=by_wal,
+        limited_by=limited_by,
+        must_wait=size < policy.min_batch_size,
+        current_size=current_size,
+        headroom_segments=headroom_segments,
+        estimate=estimate,
+        policy=policy,
+    )

@@ -1,0 +1,165 @@
+"""The SQL of batched migrations: the provider's state tables and the queries over them.
+
+Identifiers are composed with :class:`psycopg.sql.Identifier`, values are bound parameters. The
+DAG author's own SQL (``batch_sql`` and ``scope``) is trusted code, like the ``sql`` of
+``SQLExecuteQueryOperator``; it is composed as :class:`psycopg.sql.SQL`.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+#: The schema that holds the provider's state tables in the target database.
+STATE_SCHEMA = "walthrottle"
+
+#: First key of every advisory lock the provider takes ('WALT'); the second key is a job id, or 0
+#: for the creation of the state tables.
+LOCK_NAMESPACE = 0x57414C54
+
+MIGRATIONS = sql.Identifier(STATE_SCHEMA, "batched_migrations")
+JOBS = sql.Identifier(STATE_SCHEMA, "batched_migration_jobs")
+
+#: Statements that create the state tables; run under ``pg_advisory_xact_lock(LOCK_NAMESPACE, 0)``
+#: so that concurrent first runs do not race on the catalog. Needs CREATE on the database.
+CREATE_STATE = (
+    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(STATE_SCHEMA)),
+    sql.SQL(
+        """
+CREATE TABLE IF NOT EXISTS {migrations} (
+    name text PRIMARY KEY,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    column_name text NOT NULL,
+    key_type text NOT NULL,
+    batch_sql text NOT NULL,
+    scope text,
+    fingerprint text NOT NULL,
+    min_key text,
+    max_key text,
+    total_rows bigint NOT NULL,
+    cursor_key text,
+    status text NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'paused', 'finished', 'failed')),
+    batch_size integer NOT NULL CHECK (batch_size > 0),
+    rows_per_second double precision,
+    wal_bytes_per_row double precision,
+    throttled_seconds double precision NOT NULL DEFAULT 0,
+    last_error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+)"""
+    ).format(migrations=MIGRATIONS),
+    sql.SQL(
+        """
+CREATE TABLE IF NOT EXISTS {jobs} (
+    id bigserial PRIMARY KEY,
+    migration_name text NOT NULL REFERENCES {migrations} (name) ON DELETE CASCADE,
+    start_key text NOT NULL,
+    end_key text NOT NULL,
+    planned_rows integer NOT NULL,
+    resume_key text,
+    status text NOT NULL
+        CHECK (status IN ('pending', 'running', 'paused', 'succeeded', 'failed', 'split')),
+    attempts integer NOT NULL DEFAULT 0,
+    rows_affected bigint NOT NULL DEFAULT 0,
+    sub_batches integer NOT NULL DEFAULT 0,
+    duration_seconds double precision NOT NULL DEFAULT 0,
+    wal_bytes bigint NOT NULL DEFAULT 0,
+    dag_id text,
+    run_id text,
+    try_number integer,
+    last_error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    finished_at timestamptz
+)"""
+    ).format(jobs=JOBS, migrations=MIGRATIONS),
+    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (migration_name, status)").format(
+        sql.Identifier("batched_migration_jobs_migration_status_idx"), JOBS
+    ),
+)
+
+#: Serializes the creation of the state tables (transaction-scoped).
+LOCK_STATE_CREATION = sql.SQL("SELECT pg_advisory_xact_lock({}, 0)").format(sql.Literal(LOCK_NAMESPACE))
+
+#: One row describing the key column, or no row if the table does not exist (its column fields are
+#: NULL when the column does not). Readable by any role.
+KEY_COLUMN = sql.SQL(
+    """
+SELECT a.attname AS column_name,
+       t.typname AS type_name,
+       a.attnotnull AS not_null,
+       EXISTS (
+           SELECT 1 FROM pg_catalog.pg_index AS i
+           WHERE i.indrelid = c.oid AND i.indisvalid AND i.indpred IS NULL AND i.indkey[0] = a.attnum
+       ) AS indexed,
+       EXISTS (
+           SELECT 1 FROM pg_catalog.pg_index AS i
+           WHERE i.indrelid = c.oid AND i.indisvalid AND i.indisunique AND i.indpred IS NULL
+             AND i.indnatts = 1 AND i.indkey[0] = a.attnum
+       ) AS unique_indexed,
+       coalesce(coll.collisdeterministic, true) AS deterministic_collation
+FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attribute AS a
+       ON a.attrelid = c.oid AND a.attname = %(column)s AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+LEFT JOIN pg_catalog.pg_collation AS coll ON coll.oid = a.attcollation
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')
+"""
+)
+
+#: The position of WAL insertion, to measure the WAL a statement writes.
+WAL_INSERT_POSITION = sql.SQL("SELECT pg_current_wal_insert_lsn()::text")
+
+
+def scope_condition(scope: str | None) -> sql.Composable:
+    """Return ``AND (<scope>)``, or nothing.
+
+    :param scope: the DAG author's SQL condition.
+    """
+    return sql.SQL(" AND ({})").format(sql.SQL(scope)) if scope else sql.SQL("")
+
+
+def key_bounds(table: sql.Identifier, column: sql.Identifier, scope: str | None) -> sql.Composed:
+    """Return a query for the first and last key (as text) and the row count, within the scope.
+
+    :param table: the table.
+    :param column: the key column.
+    :param scope: the DAG author's SQL condition.
+    """
+    return sql.SQL(
+        "SELECT min({col})::text, max({col})::text, count(*) FROM {table} WHERE true{scope}"
+    ).format(col=column, table=table, scope=scope_condition(scope))
+
+
+def next_range(
+    table: sql.Identifier, column: sql.Identifier, scope: str | None, *, inclusive: bool
+) -> sql.Composed:
+    """Return a query for the next range of at most ``%(rows)s`` keys after ``%(after)s``, up to ``%(last)s``.
+
+    It returns the range's first and last key (as text) and its number of keys, walking the key's
+    unique index; ``inclusive`` makes the range start at ``%(after)s`` itself.
+
+    :param table: the table.
+    :param column: the key column.
+    :param scope: the DAG author's SQL condition.
+    :param inclusive: whether ``%(after)s`` itself belongs to the range.
+    """
+    return sql.SQL(
+        """
+SELECT min(k)::text, max(k)::text, count(*)
+FROM (
+    SELECT {col} AS k FROM {table}
+    WHERE {col} {op} %(after)s AND {col} <= %(last)s{scope}
+    ORDER BY {col}
+    LIMIT %(rows)s
+) AS planned
+"""
+    ).format(
+        col=column,
+        table=table,
+        op=sql.SQL(">=" if inclusive else ">"),
+        scope=scope_condition(scope),
+    )

@@ -1,0 +1,291 @@
+"""Run one batch of a migration: claim a job, walk it in sub-batches, check health in between.
+
+Plain Python over a psycopg connection in autocommit mode; the caller says how to judge the WAL
+backlog. The operator is the Airflow face of :func:`run_one_batch`; tests and benchmarks call it
+directly, from as many processes as they like.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from airflow_provider_walthrottle.migrations.optimizer import (
+    BatchObservation,
+    BatchSizeDecision,
+    BatchSizePolicy,
+    ThroughputEstimate,
+    next_batch_size,
+)
+from airflow_provider_walthrottle.migrations.store import (
+    SPLITTABLE_ERRORS,
+    Job,
+    MigrationStateError,
+    MigrationStore,
+    Progress,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from airflow_provider_walthrottle.health import HealthSignal
+    from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    """What the caller's health check decided.
+
+    :param proceed: whether the migration may write now.
+    :param health: the evaluated signal, or ``None`` when the check is off (flag off).
+    """
+
+    proceed: bool
+    health: HealthSignal | None = None
+
+
+class Outcome(str, enum.Enum):
+    """How a call to :func:`run_one_batch` ended."""
+
+    #: A batch ran to the end of its range.
+    COMPLETED = "completed"
+    #: The WAL backlog is too long: stopped before or between sub-batches, progress committed.
+    THROTTLED = "throttled"
+    #: The migration is paused (its status is ``paused``).
+    PAUSED = "paused"
+    #: The migration is finished: every range is done.
+    FINISHED = "finished"
+    #: Every open range is being worked on by other live workers.
+    NOTHING_TO_CLAIM = "nothing_to_claim"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How batches run.
+
+    :param sub_batch_size: keys per ``batch_sql`` statement.
+    :param pause_ms: milliseconds to sleep between sub-batches.
+    :param max_attempts: starts of a job before the migration fails, as in GitLab (3).
+    :param split_after_attempts: after this many timed-out attempts, a job's range is split in two.
+    :param statement_timeout_ms: ``statement_timeout`` for each sub-batch, if any.
+    :param max_pending_segments: the WAL threshold, for the batch-size optimizer.
+    :param policy: bounds and time target of the batch size.
+    """
+
+    sub_batch_size: int = 100
+    pause_ms: int = 100
+    max_attempts: int = 3
+    split_after_attempts: int = 2
+    statement_timeout_ms: int | None = None
+    max_pending_segments: int = 42
+    policy: BatchSizePolicy = field(default_factory=BatchSizePolicy)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one call did, and where the migration stands.
+
+    :param outcome: how it ended.
+    :param progress: the migration's progress afterwards.
+    :param job: the job worked on, if any.
+    :param rows_affected: rows ``batch_sql`` reported in this call.
+    :param keys: keys walked in this call.
+    :param seconds: seconds spent in sub-batches in this call.
+    :param wal_bytes: WAL written in this call (by the whole server during its statements).
+    :param decision: how the size of a newly planned batch was chosen.
+    :param health: the last health signal seen.
+    :param rows_per_second: the migration's moving average after this call.
+    """
+
+    outcome: Outcome
+    progress: Progress
+    job: Job | None = None
+    rows_affected: int = 0
+    keys: int = 0
+    seconds: float = 0.0
+    wal_bytes: int = 0
+    decision: BatchSizeDecision | None = None
+    health: HealthSignal | None = None
+    rows_per_second: float | None = None
+
+
+class JobFailedError(RuntimeError):
+    """``batch_sql`` failed; the job was released for a retry, split, or failed for good.
+
+    :param message: one line naming the migration, the range, the attempt and the error.
+    :param final: whether the migration failed for good.
+    """
+
+    def __init__(self, message: str, *, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+def prepare(
+    conn: psycopg.Connection[Any], definition: MigrationDefinition, batch_size: int
+) -> MigrationStore:
+    """Create the state tables if needed and register (or check) the migration.
+
+    :param conn: a connection in autocommit mode.
+    :param definition: the migration.
+    :param batch_size: the first batch size, used when the migration is new.
+    :raises MigrationDefinitionError: for a bad table, column, ``batch_sql`` or a reused name.
+    """
+    store = MigrationStore(conn, definition)
+    store.ensure_state_tables()
+    store.register(batch_size)
+    return store
+
+
+def run_one_batch(
+    store: MigrationStore,
+    settings: RunSettings,
+    check_health: Callable[[], HealthVerdict],
+    *,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    try_number: int | None = None,
+    log: Callable[[str], None] = lambda line: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BatchResult:
+    """Claim one job and run it to its end, unless the WAL backlog says stop first.
+
+    :param store: the migration's store, from :func:`prepare`.
+    :param settings: how batches run.
+    :param check_health: called before the batch and between sub-batches.
+    :param dag_id: recorded on the job.
+    :param run_id: recorded on the job.
+    :param try_number: recorded on the job.
+    :param log: receives one line per sub-batch.
+    :param sleep: how to pause between sub-batches.
+    :raises JobFailedError: when ``batch_sql`` fails; the job is released first.
+    :raises MigrationStateError: when the migration failed earlier.
+    """
+    migration = store.load()
+    if migration.status != "active":
+        return _settled(store, migration.status)
+    verdict = check_health()
+    if not verdict.proceed:
+        return BatchResult(Outcome.THROTTLED, store.progress(), health=verdict.health)
+
+    estimate = ThroughputEstimate(migration.rows_per_second, migration.wal_bytes_per_row)
+    status = verdict.health.status if verdict.health is not None else None
+    decision = next_batch_size(
+        migration.batch_size,
+        estimate,
+        settings.policy,
+        pending_segments=status.pending_segments if status is not None else None,
+        max_pending_segments=settings.max_pending_segments,
+        wal_segment_size=status.wal_segment_size if status is not None else 16 * 1024 * 1024,
+    )
+    if decision.must_wait:
+        log(decision.describe())
+        return BatchResult(Outcome.THROTTLED, store.progress(), decision=decision, health=verdict.health)
+
+    migration, job = store.claim_job(
+        decision.size,
+        max_attempts=settings.max_attempts,
+        dag_id=dag_id,
+        run_id=run_id,
+        try_number=try_number,
+    )
+    if job is None:
+        if migration.status == "active":
+            return BatchResult(Outcome.NOTHING_TO_CLAIM, store.progress())
+        return _settled(store, migration.status)
+
+    rows = keys = wal_bytes = 0
+    seconds = 0.0
+    try:
+        while True:
+            result = store.run_sub_batch(job, settings.sub_batch_size, settings.statement_timeout_ms)
+            rows += result.rows_affected
+            keys += result.keys
+            seconds += result.seconds
+            wal_bytes += result.wal_bytes
+            if result.keys:
+                log(
+                    f"job {job.id}: keys {result.first_key}..{result.last_key} of "
+                    f"{job.start_key}..{job.end_key}, {result.rows_affected} rows in "
+                    f"{result.seconds * 1000:.0f} ms, {result.wal_bytes} WAL bytes"
+                )
+            if result.job_finished:
+                break
+            if settings.pause_ms:
+                sleep(settings.pause_ms / 1000)
+            verdict = check_health()
+            if not verdict.proceed:
+                store.release(job, status="paused")
+                return BatchResult(
+                    Outcome.THROTTLED,
+                    store.progress(),
+                    job=job,
+                    rows_affected=rows,
+                    keys=keys,
+                    seconds=seconds,
+                    wal_bytes=wal_bytes,
+                    health=verdict.health,
+                )
+    except psycopg.Error as error:
+        raise _job_failed(store, job, error, settings) from error
+    except BaseException:
+        # not the statement's fault (an interrupt, a lost connection): leave the job to a retry
+        if not store.conn.closed and not store.conn.broken:
+            store.release(job, status="failed", error="interrupted")
+        raise
+    store.release(job)
+    if keys:
+        estimate = estimate.observe(BatchObservation(rows=keys, seconds=seconds, wal_bytes=wal_bytes))
+    store.record_batch(
+        batch_size=max(decision.size, 1),
+        rows_per_second=estimate.rows_per_second,
+        wal_bytes_per_row=estimate.wal_bytes_per_row,
+    )
+    return BatchResult(
+        Outcome.COMPLETED,
+        store.progress(),
+        job=job,
+        rows_affected=rows,
+        keys=keys,
+        seconds=seconds,
+        wal_bytes=wal_bytes,
+        decision=decision,
+        health=verdict.health,
+        rows_per_second=estimate.rows_per_second,
+    )
+
+
+def _settled(store: MigrationStore, status: str) -> BatchResult:
+    if status == "failed":
+        migration = store.progress()
+        raise MigrationStateError(
+            f"migration {store.definition.name!r} failed: a job used up its attempts "
+            f"({migration.status}); fix the cause, then reset the failed job's attempts"
+        )
+    outcome = {"paused": Outcome.PAUSED, "finished": Outcome.FINISHED}[status]
+    return BatchResult(outcome, store.progress())
+
+
+def _job_failed(
+    store: MigrationStore, job: Job, error: psycopg.Error, settings: RunSettings
+) -> JobFailedError:
+    """Release a job whose statement failed: split it, retry it later, or fail the migration."""
+    reason = " ".join(str(error).split())
+    where = (
+        f"migration {store.definition.name!r}, job {job.id} (keys {job.start_key}..{job.end_key}), "
+        f"attempt {job.attempts}/{settings.max_attempts}"
+    )
+    if store.conn.broken:
+        return JobFailedError(f"{where}: lost the connection: {reason}", final=False)
+    if isinstance(error, SPLITTABLE_ERRORS) and job.attempts >= settings.split_after_attempts:
+        if store.split(job, reason):
+            return JobFailedError(f"{where}: {reason}; its range was split in two for the retry", final=False)
+    else:
+        store.release(job, status="failed", error=reason)
+    final = job.attempts >= settings.max_attempts
+    advice = "the migration fails" if final else "it will be retried"
+    return JobFailedError(f"{where}: {reason}; {advice}", final=final)

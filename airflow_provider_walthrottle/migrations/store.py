@@ -1,0 +1,682 @@
+"""The state of batched migrations, kept in the target database next to the data it describes.
+
+Every change of state is committed in the same transaction as the work it describes: a sub-batch
+and its progress commit together, so a crash at any instant loses at most one uncommitted
+sub-batch and never applies one twice. A job being worked on is held by a session-level advisory
+lock; when its worker dies, PostgreSQL releases the lock with the session, and the next claim
+finds the job orphaned and runs it again at once, without waiting for a timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from airflow_provider_walthrottle.migrations import queries
+from airflow_provider_walthrottle.migrations.definition import MigrationDefinition, MigrationDefinitionError
+from airflow_provider_walthrottle.wal import parse_lsn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+#: Key column types the migration can walk, and how their text form is read back.
+KEY_TYPES: dict[str, Callable[[str], Any]] = {
+    "int2": int,
+    "int4": int,
+    "int8": int,
+    "text": str,
+    "varchar": str,
+    "uuid": uuid.UUID,
+}
+
+#: Errors after which a job's range is split in half, as GitLab's split-and-retry does.
+SPLITTABLE_ERRORS = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
+
+
+class MigrationStateError(RuntimeError):
+    """The migration cannot go on: it failed, or its state says so. The message says why."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A migration's row, as the claim saw it."""
+
+    name: str
+    key_type: str
+    min_key: str | None
+    max_key: str | None
+    total_rows: int
+    cursor_key: str | None
+    status: str
+    batch_size: int
+    rows_per_second: float | None
+    wal_bytes_per_row: float | None
+    throttled_seconds: float
+    created_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed range of keys: this worker holds its advisory lock until it releases it."""
+
+    id: int
+    start_key: str
+    end_key: str
+    planned_rows: int
+    resume_key: str | None
+    attempts: int
+    rows_affected: int
+
+
+@dataclass(frozen=True)
+class SubBatchResult:
+    """What one committed sub-batch did."""
+
+    first_key: str
+    last_key: str
+    keys: int
+    rows_affected: int
+    seconds: float
+    wal_bytes: int
+    job_finished: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The whole migration's progress, summed over its jobs."""
+
+    rows_affected: int
+    keys_done: int
+    total_rows: int
+    jobs_succeeded: int
+    jobs_open: int
+    active_seconds: float
+    throttled_seconds: float
+    cursor_key: str | None
+    status: str
+
+    @property
+    def percentage(self) -> float:
+        """Share of the planned keys that are done, 0 to 100."""
+        return 100.0 if self.total_rows == 0 else min(100.0, 100.0 * self.keys_done / self.total_rows)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate achieved so far, time spent throttled included."""
+        elapsed = self.active_seconds + self.throttled_seconds
+        if self.keys_done == 0 or elapsed <= 0:
+            return None
+        return (self.total_rows - self.keys_done) * elapsed / self.keys_done
+
+
+class MigrationStore:
+    """
+    Read and change a migration's state on one psycopg connection (not in autocommit).
+
+    :param conn: the connection; its session holds the advisory lock of the claimed job.
+    :param definition: the migration.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], definition: MigrationDefinition) -> None:
+        self.conn = conn
+        self.definition = definition
+        self.table = sql.Identifier(definition.schema_name, definition.table_name)
+        self.column = sql.Identifier(definition.column)
+        self.key_type: str | None = None
+
+    # ------------------------------------------------------------------------------ definition
+
+    def ensure_state_tables(self) -> None:
+        """Create the provider's schema and tables if they are missing; safe to run concurrently."""
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(queries.LOCK_STATE_CREATION)
+            for statement in queries.CREATE_STATE:
+                cursor.execute(statement)
+
+    def inspect_key_column(self) -> str:
+        """Check that the key column can be walked; return its type name.
+
+        :raises MigrationDefinitionError: naming the table or column and what is wrong with it.
+        """
+        definition = self.definition
+        where = f"{definition.schema_name}.{definition.table_name}"
+        with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(
+                queries.KEY_COLUMN,
+                {
+                    "schema": definition.schema_name,
+                    "table": definition.table_name,
+                    "column": definition.column,
+                },
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise MigrationDefinitionError(f"table {where} does not exist (or this role cannot see it)")
+        if row["column_name"] is None:
+            raise MigrationDefinitionError(f"column {definition.column!r} does not exist in table {where}")
+        column = f"column {where}.{definition.column}"
+        if row["type_name"] not in KEY_TYPES:
+            raise MigrationDefinitionError(
+                f"{column} is of type {row['type_name']}; the key must be smallint, integer, bigint, text, "
+                "varchar or uuid"
+            )
+        if not row["not_null"]:
+            raise MigrationDefinitionError(f"{column} may be NULL; the key must be NOT NULL")
+        if not row["unique_indexed"]:
+            what = "indexed but not unique" if row["indexed"] else "not indexed"
+            raise MigrationDefinitionError(
+                f"{column} is {what}; the key needs a unique index of its own "
+                f"(e.g. CREATE UNIQUE INDEX CONCURRENTLY ON {where} ({definition.column}))"
+            )
+        if not row["deterministic_collation"]:
+            raise MigrationDefinitionError(
+                f"{column} has a nondeterministic collation; its order is not defined"
+            )
+        return str(row["type_name"])
+
+    def check_batch_sql(self, key_type: str, sample_key: str) -> None:
+        """Plan ``batch_sql`` with ``EXPLAIN`` (which runs nothing), to catch its errors before any row.
+
+        :param key_type: the key column's type.
+        :param sample_key: a key to bind as both ends of the range.
+        :raises MigrationDefinitionError: with the server's error.
+        """
+        key = KEY_TYPES[key_type](sample_key)
+        explain = sql.SQL("EXPLAIN {}").format(sql.SQL(self.definition.batch_sql))
+        try:
+            with self.conn.transaction(force_rollback=True), self.conn.cursor() as cursor:
+                cursor.execute(explain, {"start": key, "end": key})
+        except psycopg.Error as error:
+            message = " ".join(str(error).split())
+            raise MigrationDefinitionError(
+                f"batch_sql of migration {self.definition.name!r} does not plan: {message}"
+            ) from None
+
+    def register(self, batch_size: int) -> Migration:
+        """Record the migration at its first run, with its key bounds; check it on later runs.
+
+        :param batch_size: the first batch size.
+        :raises MigrationDefinitionError: if the name is taken by a migration that does something else.
+        """
+        key_type = self.inspect_key_column()
+        definition = self.definition
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE name = %s").format(queries.MIGRATIONS), [definition.name]
+            )
+            if cursor.fetchone() is None:
+                # with parameters (none), so that %% in the scope reads as % as it does everywhere else
+                cursor.execute(queries.key_bounds(self.table, self.column, definition.scope), {})
+                bounds = cursor.fetchone()
+                assert bounds is not None
+                min_key, max_key, total = bounds
+                cursor.execute(
+                    sql.SQL(
+                        """
+INSERT INTO {} (name, table_schema, table_name, column_name, key_type, batch_sql, scope, fingerprint,
+                min_key, max_key, total_rows, batch_size, status)
+VALUES (%(name)s, %(schema)s, %(table)s, %(column)s, %(key_type)s, %(batch_sql)s, %(scope)s,
+        %(fingerprint)s, %(min_key)s, %(max_key)s, %(total)s, %(batch_size)s,
+        CASE WHEN %(total)s = 0 THEN 'finished' ELSE 'active' END)
+ON CONFLICT (name) DO NOTHING"""
+                    ).format(queries.MIGRATIONS),
+                    {
+                        "name": definition.name,
+                        "schema": definition.schema_name,
+                        "table": definition.table_name,
+                        "column": definition.column,
+                        "key_type": key_type,
+                        "batch_sql": definition.batch_sql,
+                        "scope": definition.scope,
+                        "fingerprint": definition.fingerprint,
+                        "min_key": min_key,
+                        "max_key": max_key,
+                        "total": total,
+                        "batch_size": batch_size,
+                    },
+                )
+        migration = self.load()
+        self.key_type = migration.key_type
+        if self._fingerprint() != definition.fingerprint:
+            raise MigrationDefinitionError(
+                f"migration name {definition.name!r} is already used in this database for another migration "
+                f"(a different table, column, scope or batch_sql); choose a new migration_name"
+            )
+        if migration.min_key is not None:
+            self.check_batch_sql(migration.key_type, migration.min_key)
+        return migration
+
+    def _fingerprint(self) -> str:
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL("SELECT fingerprint FROM {} WHERE name = %s").format(queries.MIGRATIONS),
+                [self.definition.name],
+            )
+            row = cursor.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def load(self, *, for_update: bool = False) -> Migration:
+        """Return the migration's row (inside the current transaction when ``for_update``)."""
+        query = sql.SQL(
+            """
+SELECT name, key_type, min_key, max_key, total_rows, cursor_key, status, batch_size, rows_per_second,
+       wal_bytes_per_row, throttled_seconds, created_at
+FROM {} WHERE name = %s{}"""
+        ).format(queries.MIGRATIONS, sql.SQL(" FOR UPDATE") if for_update else sql.SQL(""))
+        if for_update:
+            return self._load(query)
+        with self.conn.transaction():
+            return self._load(query)
+
+    def _load(self, query: sql.Composed) -> Migration:
+        with self.conn.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(query, [self.definition.name])
+            row = cursor.fetchone()
+        if row is None:
+            raise MigrationStateError(f"migration {self.definition.name!r} is not registered")
+        return Migration(**row)
+
+    # -------------------------------------------------------------------------------- claiming
+
+    def claim_job(
+        self,
+        batch_size: int,
+        *,
+        max_attempts: int,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        try_number: int | None = None,
+    ) -> tuple[Migration, Job | None]:
+        """Take the next job: an orphaned, paused or failed one first, else a new range after the cursor.
+
+        Returns the job with its advisory lock held by this session, or ``None`` when nothing is
+        left to claim (the migration's status then says whether it finished).
+
+        :param batch_size: rows to plan into a new range.
+        :param max_attempts: how many times a job may be started before the migration fails.
+        :param dag_id: recorded on the job, for the UI.
+        :param run_id: recorded on the job.
+        :param try_number: recorded on the job.
+        """
+        locked: list[int] = []
+        try:
+            with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cursor:
+                migration = self.load(for_update=True)
+                if migration.status != "active":
+                    return migration, None
+                job = self._claim_open_job(cursor, max_attempts, locked)
+                if job is None:
+                    job = self._plan_job(cursor, migration, batch_size, locked)
+                if job is None:
+                    migration = self._settle(cursor, migration, max_attempts)
+                    return migration, None
+                cursor.execute(
+                    sql.SQL(
+                        """
+UPDATE {} SET status = 'running', started_at = coalesce(started_at, now()), dag_id = %(dag_id)s,
+              run_id = %(run_id)s, try_number = %(try_number)s, last_error = NULL
+WHERE id = %(id)s"""
+                    ).format(queries.JOBS),
+                    {"id": job.id, "dag_id": dag_id, "run_id": run_id, "try_number": try_number},
+                )
+                return migration, job
+        except BaseException:
+            for job_id in locked:
+                self._unlock(job_id)
+            raise
+
+    def _try_lock(self, cursor: psycopg.Cursor[Any], job_id: int, locked: list[int]) -> bool:
+        cursor.execute(
+            "SELECT pg_try_advisory_lock(%s::int, %s::int) AS ok", [queries.LOCK_NAMESPACE, job_id]
+        )
+        row = cursor.fetchone()
+        assert row is not None
+        if row["ok"]:
+            locked.append(job_id)
+        return bool(row["ok"])
+
+    def _claim_open_job(
+        self, cursor: psycopg.Cursor[Any], max_attempts: int, locked: list[int]
+    ) -> Job | None:
+        cursor.execute(
+            sql.SQL(
+                """
+SELECT id, start_key, end_key, planned_rows, resume_key, attempts, rows_affected, status
+FROM {} WHERE migration_name = %(name)s AND status IN ('pending', 'running', 'paused', 'failed')
+  AND attempts < %(max_attempts)s
+ORDER BY id FOR UPDATE SKIP LOCKED"""
+            ).format(queries.JOBS),
+            {"name": self.definition.name, "max_attempts": max_attempts},
+        )
+        for row in cursor.fetchall():
+            if not self._try_lock(cursor, row["id"], locked):
+                continue  # a live worker holds it
+            # a paused job resumes where it stopped; any other start counts as an attempt
+            attempts = row["attempts"] + (0 if row["status"] == "paused" else 1)
+            cursor.execute(
+                sql.SQL("UPDATE {} SET attempts = %s WHERE id = %s").format(queries.JOBS),
+                [attempts, row["id"]],
+            )
+            row.pop("status")
+            return Job(**{**row, "attempts": attempts})
+        return None
+
+    def _plan_job(
+        self, cursor: psycopg.Cursor[Any], migration: Migration, batch_size: int, locked: list[int]
+    ) -> Job | None:
+        if migration.min_key is None or migration.max_key is None:
+            return None
+        convert = KEY_TYPES[migration.key_type]
+        after = migration.min_key if migration.cursor_key is None else migration.cursor_key
+        cursor.execute(
+            queries.next_range(
+                self.table, self.column, self.definition.scope, inclusive=migration.cursor_key is None
+            ),
+            {
+                "after": convert(after),
+                "last": convert(migration.max_key),
+                "rows": batch_size,
+            },
+        )
+        row = cursor.fetchone()
+        assert row is not None
+        start_key, end_key, keys = row["min"], row["max"], row["count"]
+        if keys == 0:
+            return None
+        cursor.execute(
+            sql.SQL(
+                """
+INSERT INTO {} (migration_name, start_key, end_key, planned_rows, status, attempts)
+VALUES (%s, %s, %s, %s, 'pending', 1) RETURNING id"""
+            ).format(queries.JOBS),
+            [self.definition.name, start_key, end_key, keys],
+        )
+        created = cursor.fetchone()
+        assert created is not None
+        self._try_lock(cursor, created["id"], locked)
+        cursor.execute(
+            sql.SQL("UPDATE {} SET cursor_key = %s, updated_at = now() WHERE name = %s").format(
+                queries.MIGRATIONS
+            ),
+            [end_key, self.definition.name],
+        )
+        return Job(
+            id=created["id"],
+            start_key=start_key,
+            end_key=end_key,
+            planned_rows=keys,
+            resume_key=None,
+            attempts=1,
+            rows_affected=0,
+        )
+
+    def _settle(self, cursor: psycopg.Cursor[Any], migration: Migration, max_attempts: int) -> Migration:
+        """Nothing to claim: finish the migration if all is done, fail it if a job used up its attempts."""
+        cursor.execute(
+            sql.SQL(
+                """
+SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'split')) AS open,
+       count(*) FILTER (WHERE status IN ('failed', 'running', 'pending', 'paused')
+                        AND attempts >= %(max_attempts)s) AS exhausted,
+       max(last_error) FILTER (WHERE attempts >= %(max_attempts)s) AS last_error
+FROM {} WHERE migration_name = %(name)s"""
+            ).format(queries.JOBS),
+            {"name": self.definition.name, "max_attempts": max_attempts},
+        )
+        row = cursor.fetchone()
+        assert row is not None
+        if row["exhausted"]:
+            status, error = "failed", row["last_error"]
+        elif row["open"] == 0:
+            status, error = "finished", None
+        else:
+            return migration  # other workers hold the remaining jobs
+        cursor.execute(
+            sql.SQL(
+                """
+UPDATE {} SET status = %s, last_error = %s, updated_at = now(),
+              finished_at = CASE WHEN %s = 'finished' THEN now() END
+WHERE name = %s"""
+            ).format(queries.MIGRATIONS),
+            [status, error, status, self.definition.name],
+        )
+        return self.load(for_update=True)
+
+    # --------------------------------------------------------------------------------- working
+
+    def run_sub_batch(
+        self, job: Job, sub_batch_size: int, statement_timeout_ms: int | None
+    ) -> SubBatchResult:
+        """Run ``batch_sql`` over the next keys of the job, and record it, in one transaction.
+
+        :param job: a job this session holds.
+        :param sub_batch_size: keys per statement.
+        :param statement_timeout_ms: ``statement_timeout`` for the statement, if any.
+        """
+        migration_key = self._key
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            if statement_timeout_ms:
+                cursor.execute(
+                    sql.SQL("SET LOCAL statement_timeout = {}").format(
+                        sql.Literal(f"{statement_timeout_ms}ms")
+                    )
+                )
+            cursor.execute(
+                sql.SQL("SELECT resume_key FROM {} WHERE id = %s AND status = 'running' FOR UPDATE").format(
+                    queries.JOBS
+                ),
+                [job.id],
+            )
+            resume = cursor.fetchone()
+            if resume is None:
+                raise MigrationStateError(f"job {job.id} is no longer running under this worker")
+            resume_key = resume[0]
+            cursor.execute(
+                queries.next_range(
+                    self.table, self.column, self.definition.scope, inclusive=resume_key is None
+                ),
+                {
+                    "after": migration_key(job.start_key if resume_key is None else resume_key),
+                    "last": migration_key(job.end_key),
+                    "rows": sub_batch_size,
+                },
+            )
+            planned = cursor.fetchone()
+            assert planned is not None
+            first_key, last_key, keys = planned
+            started = datetime.datetime.now(datetime.timezone.utc)
+            rows_affected = 0
+            wal_bytes = 0
+            if keys:
+                cursor.execute(queries.WAL_INSERT_POSITION)
+                before = cursor.fetchone()
+                cursor.execute(
+                    sql.SQL(self.definition.batch_sql),
+                    {"start": migration_key(first_key), "end": migration_key(last_key)},
+                )
+                rows_affected = max(cursor.rowcount, 0)
+                cursor.execute(queries.WAL_INSERT_POSITION)
+                after = cursor.fetchone()
+                assert before is not None and after is not None
+                wal_bytes = parse_lsn(after[0]) - parse_lsn(before[0])
+            seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+            finished = keys == 0 or last_key == job.end_key
+            cursor.execute(
+                sql.SQL(
+                    """
+UPDATE {} SET resume_key = coalesce(%(last)s, resume_key), rows_affected = rows_affected + %(rows)s,
+              sub_batches = sub_batches + %(one)s, duration_seconds = duration_seconds + %(seconds)s,
+              wal_bytes = wal_bytes + %(wal)s,
+              status = CASE WHEN %(finished)s THEN 'succeeded' ELSE status END,
+              finished_at = CASE WHEN %(finished)s THEN now() END
+WHERE id = %(id)s"""
+                ).format(queries.JOBS),
+                {
+                    "last": last_key,
+                    "rows": rows_affected,
+                    "one": 1 if keys else 0,
+                    "seconds": seconds,
+                    "wal": wal_bytes,
+                    "finished": finished,
+                    "id": job.id,
+                },
+            )
+        return SubBatchResult(
+            first_key=first_key,
+            last_key=last_key,
+            keys=keys,
+            rows_affected=rows_affected,
+            seconds=seconds,
+            wal_bytes=wal_bytes,
+            job_finished=finished,
+        )
+
+    def _key(self, text: str) -> Any:
+        """Read a key back from its text form, by the key column's type (known once registered)."""
+        if self.key_type is None:
+            raise MigrationStateError("register() the migration before working on it")
+        return KEY_TYPES[self.key_type](text)
+
+    def release(self, job: Job, *, status: str | None = None, error: str | None = None) -> None:
+        """Set a job's status (``paused`` or ``failed``) if given, then release its advisory lock.
+
+        :param job: a job this session holds.
+        :param status: the new status, for a job that did not finish.
+        :param error: the error that stopped it.
+        """
+        try:
+            if status is not None:
+                with self.conn.transaction(), self.conn.cursor() as cursor:
+                    cursor.execute(
+                        sql.SQL(
+                            "UPDATE {} SET status = %s, last_error = %s WHERE id = %s AND status = 'running'"
+                        ).format(queries.JOBS),
+                        [status, error, job.id],
+                    )
+        finally:
+            self._unlock(job.id)
+
+    def split(self, job: Job, error: str) -> bool:
+        """Split the rest of a job's range in two new jobs (GitLab's split-and-retry).
+
+        :param job: a failed job this session holds.
+        :param error: why it failed.
+        :return: whether it was split; a range of one key cannot be.
+        """
+        convert = self._key
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cursor:
+                cursor.execute(
+                    sql.SQL("SELECT resume_key FROM {} WHERE id = %s FOR UPDATE").format(queries.JOBS),
+                    [job.id],
+                )
+                row = cursor.fetchone()
+                assert row is not None
+                resume_key = row[0]
+                after = convert(job.start_key if resume_key is None else resume_key)
+                inclusive = resume_key is None
+                cursor.execute(
+                    queries.next_range(self.table, self.column, self.definition.scope, inclusive=inclusive),
+                    {"after": after, "last": convert(job.end_key), "rows": job.planned_rows},
+                )
+                rest = cursor.fetchone()
+                assert rest is not None
+                _, _, remaining = rest
+                if remaining < 2:
+                    return False
+                halves: list[tuple[str, str, int]] = []
+                cursor.execute(
+                    queries.next_range(self.table, self.column, self.definition.scope, inclusive=inclusive),
+                    {"after": after, "last": convert(job.end_key), "rows": remaining // 2},
+                )
+                first_half = cursor.fetchone()
+                assert first_half is not None
+                halves.append(first_half)
+                cursor.execute(
+                    queries.next_range(self.table, self.column, self.definition.scope, inclusive=False),
+                    {"after": convert(first_half[1]), "last": convert(job.end_key), "rows": remaining},
+                )
+                second_half = cursor.fetchone()
+                assert second_half is not None
+                halves.append(second_half)
+                for start_key, end_key, keys in halves:
+                    cursor.execute(
+                        sql.SQL(
+                            """
+INSERT INTO {} (migration_name, start_key, end_key, planned_rows, status, attempts)
+VALUES (%s, %s, %s, %s, 'pending', 0)"""
+                        ).format(queries.JOBS),
+                        [self.definition.name, start_key, end_key, keys],
+                    )
+                cursor.execute(
+                    sql.SQL(
+                        "UPDATE {} SET status = 'split', last_error = %s, finished_at = now() WHERE id = %s"
+                    ).format(queries.JOBS),
+                    [error, job.id],
+                )
+            return True
+        finally:
+            self._unlock(job.id)
+
+    def _unlock(self, job_id: int) -> None:
+        if self.conn.closed:
+            return
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s::int, %s::int)", [queries.LOCK_NAMESPACE, job_id])
+
+    # ------------------------------------------------------------------------------- reporting
+
+    def record_batch(
+        self, *, batch_size: int, rows_per_second: float | None, wal_bytes_per_row: float | None
+    ) -> None:
+        """Store the next batch size and the throughput estimate between tasks."""
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL(
+                    """
+UPDATE {} SET batch_size = %s, rows_per_second = %s, wal_bytes_per_row = %s, updated_at = now()
+WHERE name = %s"""
+                ).format(queries.MIGRATIONS),
+                [batch_size, rows_per_second, wal_bytes_per_row, self.definition.name],
+            )
+
+    def add_throttled_seconds(self, seconds: float) -> None:
+        """Count time a task of this migration spent waiting on the WAL backlog."""
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL(
+                    "UPDATE {} SET throttled_seconds = throttled_seconds + %s, updated_at = now() "
+                    "WHERE name = %s"
+                ).format(queries.MIGRATIONS),
+                [max(seconds, 0.0), self.definition.name],
+            )
+
+    def progress(self) -> Progress:
+        """Sum the jobs into the migration's progress."""
+        with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(
+                sql.SQL(
+                    """
+SELECT m.total_rows, m.throttled_seconds, m.cursor_key, m.status,
+       coalesce(sum(j.rows_affected), 0)::bigint AS rows_affected,
+       coalesce(sum(j.planned_rows) FILTER (WHERE j.status = 'succeeded'), 0)::bigint AS keys_done,
+       count(j.id) FILTER (WHERE j.status = 'succeeded') AS jobs_succeeded,
+       count(j.id) FILTER (WHERE j.status NOT IN ('succeeded', 'split')) AS jobs_open,
+       coalesce(sum(j.duration_seconds), 0) AS active_seconds
+FROM {} AS m LEFT JOIN {} AS j ON j.migration_name = m.name
+WHERE m.name = %s
+GROUP BY m.name"""
+                ).format(queries.MIGRATIONS, queries.JOBS),
+                [self.definition.name],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise MigrationStateError(f"migration {self.definition.name!r} is not registered")
+        return Progress(**row)

@@ -1,0 +1,57 @@
+"""Fixtures for the batching core: a table with gaps in its keys, and a connection to walk it."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg import sql
+
+from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
+
+#: The statement every test migration runs: count how often each row was touched.
+INCREMENT = "UPDATE {table} SET counter = counter + 1 WHERE id BETWEEN %(start)s AND %(end)s AND {scope}"
+#: The rows in scope: a third of them.
+SCOPE = "tenant %% 3 = 0"
+
+
+def make_table(cluster, name: str, rows: int) -> None:
+    """Create ``name`` with ``rows`` rows whose ids have gaps (every 7th id is missing)."""
+    table = sql.Identifier(name)
+    cluster.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    cluster.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint PRIMARY KEY, tenant int NOT NULL, counter int NOT NULL DEFAULT 0)"
+        ).format(table)
+    )
+    cluster.execute(
+        sql.SQL(
+            "INSERT INTO {} (id, tenant) SELECT i, i %% 10 FROM generate_series(1, %s) AS i WHERE i %% 7 <> 0"
+        ).format(table),
+        [rows * 7 // 6],
+    )
+
+
+def counter_histogram(cluster, name: str) -> dict[tuple[bool, int], int]:
+    """Return ``{(in_scope, counter): rows}``: the ground truth of exactly-once."""
+    rows = cluster.execute(
+        sql.SQL("SELECT tenant % 3 = 0, counter, count(*) FROM {} GROUP BY 1, 2").format(sql.Identifier(name))
+    )
+    return {(in_scope, counter): count for in_scope, counter, count in rows}
+
+
+def increment_migration(name: str, table: str) -> MigrationDefinition:
+    return MigrationDefinition(
+        name=name,
+        table=table,
+        column="id",
+        batch_sql=INCREMENT.format(table=table, scope=SCOPE),
+        scope=SCOPE,
+    )
+
+
+@pytest.fixture
+def migration_db(pg, monkeypatch):
+    """The shared cluster, with its archive gate open and a fresh state schema."""
+    pg.open_gate()
+    pg.execute("DROP SCHEMA IF EXISTS walthrottle CASCADE")
+    yield pg
+    pg.open_gate()
