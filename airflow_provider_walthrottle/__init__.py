@@ -16,12 +16,14 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.flags import FeatureFlag
     from airflow_provider_walthrottle.health import HealthSignal, OnUnavailable, Signal
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+    from airflow_provider_walthrottle.operators.batched_migration import BatchedMigrationOperator
     from airflow_provider_walthrottle.sensors.wal_archival import WalArchivalSensor
     from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
 
 _EXPORTS = {
     "ArchiverStatus": "airflow_provider_walthrottle.archiver_status",
     "BacklogMethod": "airflow_provider_walthrottle.archiver_status",
+    "BatchedMigrationOperator": "airflow_provider_walthrottle.operators.batched_migration",
     "FeatureFlag": "airflow_provider_walthrottle.flags",
     "HealthSignal": "airflow_provider_walthrottle.health",
     "OnUnavailable": "airflow_provider_walthrottle.health",
@@ -34,6 +36,7 @@ _EXPORTS = {
 __all__ = [
     "ArchiverStatus",
     "BacklogMethod",
+    "BatchedMigrationOperator",
     "FeatureFlag",
     "HealthSignal",
     "OnUnavailable",

@@ -30,6 +30,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_walthrottle.hooks.wal_archival"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "PostgreSQL WAL archival",
+                "python-modules": ["airflow_provider_walthrottle.operators.batched_migration"],
+            }
+        ],
         "sensors": [
             {
                 "integration-name": "PostgreSQL WAL archival",

@@ -113,3 +113,10 @@ def pg_drained(pg: PostgresCluster) -> Iterator[PostgresCluster]:
     pg.drain()
     yield pg
     pg.drain()
+
+
+@pytest.fixture
+def migration_db(pg_drained: PostgresCluster) -> PostgresCluster:
+    """The shared cluster, drained, with a fresh state schema (``walthrottle``) for migrations."""
+    pg_drained.execute("DROP SCHEMA IF EXISTS walthrottle CASCADE")
+    return pg_drained

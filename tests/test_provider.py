@@ -44,7 +44,7 @@ def test_every_module_named_in_the_provider_info_imports():
     import importlib
 
     info = get_provider_info()
-    for kind in ("hooks", "sensors", "triggers"):
+    for kind in ("hooks", "operators", "sensors", "triggers"):
         for entry in info[kind]:
             for module in entry["python-modules"]:
                 importlib.import_module(module)
@@ -65,6 +65,7 @@ def test_import_raises_no_deprecation_warning():
         "from airflow_provider_walthrottle import WalArchivalHook, ArchiverStatus\n"
         "from airflow_provider_walthrottle import WalArchivalSensor, FeatureFlag\n"
         "from airflow_provider_walthrottle import WalArchivalTrigger, Signal, OnUnavailable\n"
+        "from airflow_provider_walthrottle import BatchedMigrationOperator\n"
         "import airflow_provider_walthrottle.cli\n"
     )
     assert result.returncode == 0, result.stderr

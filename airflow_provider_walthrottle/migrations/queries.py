@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS {migrations} (
     rows_per_second double precision,
     wal_bytes_per_row double precision,
     throttled_seconds double precision NOT NULL DEFAULT 0,
+    throttled_since timestamptz,
     last_error text,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),

@@ -647,15 +647,27 @@ WHERE name = %s"""
                 [batch_size, rows_per_second, wal_bytes_per_row, self.definition.name],
             )
 
-    def add_throttled_seconds(self, seconds: float) -> None:
-        """Count time a task of this migration spent waiting on the WAL backlog."""
+    def begin_throttle(self) -> None:
+        """Note that the migration waits on the WAL backlog, unless a wait is already open."""
         with self.conn.transaction(), self.conn.cursor() as cursor:
             cursor.execute(
                 sql.SQL(
-                    "UPDATE {} SET throttled_seconds = throttled_seconds + %s, updated_at = now() "
-                    "WHERE name = %s"
+                    "UPDATE {} SET throttled_since = coalesce(throttled_since, now()) WHERE name = %s"
                 ).format(queries.MIGRATIONS),
-                [max(seconds, 0.0), self.definition.name],
+                [self.definition.name],
+            )
+
+    def end_throttle(self) -> None:
+        """Close an open wait: add its duration to the time the migration spent throttled."""
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL(
+                    """
+UPDATE {} SET throttled_seconds = throttled_seconds + extract(epoch FROM now() - throttled_since),
+              throttled_since = NULL, updated_at = now()
+WHERE name = %s AND throttled_since IS NOT NULL"""
+                ).format(queries.MIGRATIONS),
+                [self.definition.name],
             )
 
     def progress(self) -> Progress:

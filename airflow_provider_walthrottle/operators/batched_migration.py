@@ -172,18 +172,6 @@ class BatchedMigrationOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Run one batch; wait, skip or fail as the migration's state says."""
-        return self._run(context, waited_seconds=0.0)
-
-    def resume_after_wait(
-        self, context: Context, event: Any = None, *, waiting_since: str, throttled: bool
-    ) -> dict[str, Any]:
-        """Go on after a deferred wait, counting the time spent throttled."""
-        if isinstance(event, dict) and event.get("status") == "error":
-            raise AirflowException(event.get("message", f"WAL archival trigger failed: {event!r}"))
-        waited = (_now() - datetime.datetime.fromisoformat(waiting_since)).total_seconds()
-        return self._run(context, waited_seconds=waited if throttled else 0.0)
-
-    def _run(self, context: Context, *, waited_seconds: float) -> dict[str, Any]:
         try:
             definition = MigrationDefinition(
                 name=self.migration_name,
@@ -200,39 +188,48 @@ class BatchedMigrationOperator(BaseOperator):
                 store = prepare(conn, definition, self.batch_size)
             except MigrationDefinitionError as error:
                 raise AirflowFailException(str(error)) from None
-            if waited_seconds:
-                store.add_throttled_seconds(waited_seconds)
-            if not FeatureFlag(self.kill_switch_variable, default=True).is_enabled(self.migration_name):
-                return self._paused(
-                    f"the kill switch Variable {self.kill_switch_variable} is off "
-                    f"(turn it on with `airflow variables set {self.kill_switch_variable} true`)"
-                )
-            settings = RunSettings(
-                sub_batch_size=self.sub_batch_size,
-                pause_ms=self.pause_ms,
-                max_attempts=self.max_attempts,
-                statement_timeout_ms=self.statement_timeout_ms,
-                max_pending_segments=threshold,
-                policy=self.policy,
+            return self._run_batch(context, store, threshold)
+
+    def resume_after_wait(self, context: Context, event: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """Go on after a deferred wait: fail on a trigger error, else run the batch."""
+        if isinstance(event, dict) and event.get("status") == "error":
+            raise AirflowException(event.get("message", f"WAL archival trigger failed: {event!r}"))
+        return self.execute(context)
+
+    def _run_batch(self, context: Context, store: MigrationStore, threshold: int) -> dict[str, Any]:
+        conn = store.conn
+        store.end_throttle()
+        if not FeatureFlag(self.kill_switch_variable, default=True).is_enabled(self.migration_name):
+            return self._paused(
+                f"the kill switch Variable {self.kill_switch_variable} is off "
+                f"(turn it on with `airflow variables set {self.kill_switch_variable} true`)"
             )
-            ti = context.get("ti")
-            try:
-                result = run_one_batch(
-                    store,
-                    settings,
-                    lambda: self._check_health(conn, threshold),
-                    dag_id=self.dag_id,
-                    run_id=context.get("run_id"),
-                    try_number=getattr(ti, "try_number", None),
-                    log=self.log.info,
-                )
-            except JobFailedError as error:
-                if error.final:
-                    raise AirflowFailException(str(error)) from None
-                raise AirflowException(str(error)) from None
-            except MigrationStateError as error:
+        settings = RunSettings(
+            sub_batch_size=self.sub_batch_size,
+            pause_ms=self.pause_ms,
+            max_attempts=self.max_attempts,
+            statement_timeout_ms=self.statement_timeout_ms,
+            max_pending_segments=threshold,
+            policy=self.policy,
+        )
+        ti = context.get("ti")
+        try:
+            result = run_one_batch(
+                store,
+                settings,
+                lambda: self._check_health(conn, threshold),
+                dag_id=self.dag_id,
+                run_id=context.get("run_id"),
+                try_number=getattr(ti, "try_number", None),
+                log=self.log.info,
+            )
+        except JobFailedError as error:
+            if error.final:
                 raise AirflowFailException(str(error)) from None
-            return self._conclude(result, store, threshold)
+            raise AirflowException(str(error)) from None
+        except MigrationStateError as error:
+            raise AirflowFailException(str(error)) from None
+        return self._conclude(result, store, threshold)
 
     def _check_health(self, conn: psycopg.Connection[Any], threshold: int) -> HealthVerdict:
         if not FeatureFlag(self.flag_variable, default=self.flag_default).is_enabled(self.migration_name):
@@ -288,6 +285,7 @@ class BatchedMigrationOperator(BaseOperator):
             )
             return summary
         if result.outcome is Outcome.THROTTLED:
+            store.begin_throttle()
             reason = result.health.summary() if result.health else "WAL headroom too small"
             if result.decision is not None and result.decision.must_wait:
                 reason = result.decision.describe()
@@ -311,7 +309,6 @@ class BatchedMigrationOperator(BaseOperator):
 
     def _wait(self, reason: str, *, threshold: int | None, throttled: bool) -> NoReturn:
         self.log.info("Migration %s waits %gs: %s", self.migration_name, self.wait_interval, reason)
-        kwargs = {"waiting_since": _now().isoformat(), "throttled": throttled}
         if not self.deferrable:
             from airflow.sdk.exceptions import AirflowRescheduleException
 
@@ -331,7 +328,7 @@ class BatchedMigrationOperator(BaseOperator):
             from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
             trigger = DateTimeTrigger(moment=_now() + datetime.timedelta(seconds=self.wait_interval))
-        self.defer(trigger=trigger, method_name="resume_after_wait", kwargs=kwargs)
+        self.defer(trigger=trigger, method_name="resume_after_wait")
 
 
 def _now() -> datetime.datetime:

@@ -1,0 +1,118 @@
+"""BatchedMigrationOperator under ``dag.test()``, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import pytest
+from airflow.sdk import DAG
+
+from airflow_provider_walthrottle import BatchedMigrationOperator
+from tests.dag_testing import run_dag, task_states, xcom_of
+from tests.migrations.conftest import (
+    INCREMENT,
+    SCOPE,
+    counter_histogram,
+    make_table,
+)
+
+FLAG_ENV = "AIRFLOW_VAR_BATCHED_MIGRATIONS_HEALTH_STATUS_WAL"
+KILL_SWITCH_ENV = "AIRFLOW_VAR_EXECUTE_BATCHED_MIGRATIONS_ON_SCHEDULE"
+START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def migration_dag(table, **operator_kwargs):
+    failures: list[BaseException] = []
+    kwargs = dict(
+        postgres_conn_id="migration_db",
+        migration_name=table,
+        table=table,
+        column="id",
+        batch_sql=INCREMENT.format(table=table, scope=SCOPE),
+        scope=SCOPE,
+        batch_size=2000,
+        sub_batch_size=500,
+        pause_ms=0,
+        wait_interval=0.5,
+    )
+    kwargs.update(operator_kwargs)
+    with DAG(f"migration_{uuid.uuid4().hex[:8]}", schedule=None, start_date=START) as dag:
+        BatchedMigrationOperator(
+            task_id="batch",
+            on_failure_callback=lambda context: failures.append(context.get("exception")),
+            **kwargs,
+        )
+    return dag, failures
+
+
+@pytest.fixture
+def connection(monkeypatch, migration_db):
+    monkeypatch.setenv("AIRFLOW_CONN_MIGRATION_DB", migration_db.uri())
+    monkeypatch.delenv(FLAG_ENV, raising=False)
+    monkeypatch.delenv(KILL_SWITCH_ENV, raising=False)
+    return migration_db
+
+
+def test_repeated_runs_finish_the_migration_then_skip(connection):
+    make_table(connection, "op_repeat", 12_000)  # about 3,430 keys in scope: two batches of 2,000
+    dag, _ = migration_dag("op_repeat")
+
+    states, results = [], []
+    for _ in range(4):
+        dag_run = run_dag(dag)
+        states.append(task_states(dag_run)["batch"])
+        results.append(xcom_of(dag_run, "batch"))
+
+    assert states == ["success", "success", "skipped", "skipped"]
+    assert set(counter_histogram(connection, "op_repeat")) == {(True, 1), (False, 0)}
+    first, second = results[0], results[1]
+    assert first["outcome"] == "completed" and first["keys"] == 2000
+    assert 0 < first["percentage"] < 100 and second["percentage"] == 100
+    assert second["keys_done"] == second["total_keys"]
+    assert first["rows_per_second"] > 0
+    assert first["eta_seconds"] is not None
+
+
+def test_kill_switch_off_skips_with_a_clear_message(connection, monkeypatch):
+    make_table(connection, "op_kill_switch", 1000)
+    monkeypatch.setenv(KILL_SWITCH_ENV, "false")
+    dag, _ = migration_dag("op_kill_switch", on_paused="skip")
+
+    assert task_states(run_dag(dag)) == {"batch": "skipped"}
+    assert set(counter_histogram(connection, "op_kill_switch")) == {(True, 0), (False, 0)}
+
+
+def test_bad_table_fails_before_any_row_is_touched(connection):
+    make_table(connection, "op_bad", 1000)
+    dag, failures = migration_dag("op_bad", column="tenant")
+
+    assert task_states(run_dag(dag)) == {"batch": "failed"}
+    assert "column public.op_bad.tenant is not indexed" in str(failures[0])
+    assert set(counter_histogram(connection, "op_bad")) == {(True, 0), (False, 0)}
+
+
+def test_throttled_by_the_backlog_waits_then_continues(connection, monkeypatch):
+    from tests.sensors.test_wal_archival import GateOpener
+
+    make_table(connection, "op_throttled", 3000)
+    monkeypatch.setenv(FLAG_ENV, "true")
+    connection.archive_one_segment()
+    connection.make_backlog(5)
+    dag, _ = migration_dag("op_throttled", max_pending_segments=3)
+    # each check of the deferred wait opens a session: open the gate after the operator's own
+    # connection and two checks of its trigger
+    opener = GateOpener(connection, "postgres", checks=3)
+
+    opener.start()
+    try:
+        dag_run = run_dag(dag)
+    finally:
+        opener.stop.set()
+
+    assert opener.opened.is_set()
+    assert task_states(dag_run) == {"batch": "success"}
+    result = xcom_of(dag_run, "batch")
+    assert result["outcome"] == "completed"
+    assert result["throttled_seconds"] > 0
+    assert set(counter_histogram(connection, "op_throttled")) == {(True, 1), (False, 0)}
