@@ -286,10 +286,12 @@ class BatchedMigrationOperator(BaseOperator):
             return summary
         if result.outcome is Outcome.THROTTLED:
             store.begin_throttle()
-            reason = result.health.summary() if result.health else "WAL headroom too small"
             if result.decision is not None and result.decision.must_wait:
-                reason = result.decision.describe()
-            self._wait(f"throttled: {reason}", threshold=threshold, throttled=True)
+                # the backlog is below the threshold, but not by enough for the smallest batch:
+                # wait a fixed interval (the trigger would fire at once)
+                self._wait(f"throttled: {result.decision.describe()}", threshold=None)
+            reason = result.health.summary() if result.health else "the WAL backlog is too long"
+            self._wait(f"throttled: {reason}", threshold=threshold)
         if result.outcome is Outcome.PAUSED:
             return self._paused(f"migration {self.migration_name} is paused")
         if result.outcome is Outcome.FINISHED:
@@ -305,15 +307,16 @@ class BatchedMigrationOperator(BaseOperator):
     def _paused(self, reason: str) -> NoReturn:
         if self.on_paused == "skip":
             raise AirflowSkipException(f"Migration {self.migration_name} not run: {reason}")
-        self._wait(reason, threshold=None, throttled=False)
+        self._wait(reason, threshold=None)
 
-    def _wait(self, reason: str, *, threshold: int | None, throttled: bool) -> NoReturn:
+    def _wait(self, reason: str, *, threshold: int | None) -> NoReturn:
+        """Wait ``wait_interval`` seconds, or until the backlog is at or below ``threshold`` if given."""
         self.log.info("Migration %s waits %gs: %s", self.migration_name, self.wait_interval, reason)
         if not self.deferrable:
             from airflow.sdk.exceptions import AirflowRescheduleException
 
             raise AirflowRescheduleException(_now() + datetime.timedelta(seconds=self.wait_interval))
-        if throttled and threshold is not None:
+        if threshold is not None:
             trigger: Any = WalArchivalTrigger(
                 postgres_conn_id=self.postgres_conn_id,
                 max_pending_segments=threshold,
