@@ -20,16 +20,16 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from airflow_provider_walthrottle.migrations.definition import MigrationDefinition  # noqa: E402
-from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy  # noqa: E402
-from airflow_provider_walthrottle.migrations.runner import (  # noqa: E402
+from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
+from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
+from airflow_provider_walthrottle.migrations.runner import (
     HealthVerdict,
     Outcome,
     RunSettings,
     prepare,
     run_one_batch,
 )
-from tests.postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters  # noqa: E402
+from tests.postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters
 
 
 def main() -> int:
@@ -64,15 +64,16 @@ def main() -> int:
             store = prepare(conn, definition, args.batch_size)
             started = time.perf_counter()
             batches = 0
-            while run_one_batch(store, settings, lambda: HealthVerdict(proceed=True)).outcome is Outcome.COMPLETED:
+            healthy = HealthVerdict(proceed=True)
+            while run_one_batch(store, settings, lambda: healthy).outcome is Outcome.COMPLETED:
                 batches += 1
             elapsed = time.perf_counter() - started
             progress = store.progress()
         assert progress.keys_done == args.rows, progress
         rate = args.rows / elapsed
         print(
-            f"{args.rows} rows in {batches} batches of {args.batch_size} (sub-batches of {args.sub_batch_size}): "
-            f"{elapsed:.1f} s, {rate:,.0f} rows/s"
+            f"{args.rows} rows in {batches} batches of {args.batch_size} "
+            f"(sub-batches of {args.sub_batch_size}): {elapsed:.1f} s, {rate:,.0f} rows/s"
         )
         if args.markdown:
             print(
