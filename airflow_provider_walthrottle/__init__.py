@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.flags import FeatureFlag
     from airflow_provider_walthrottle.health import HealthSignal, OnUnavailable, Signal
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+    from airflow_provider_walthrottle.migration_dag import batched_migration_dag, wal_throttled_migration
     from airflow_provider_walthrottle.operators.batched_migration import BatchedMigrationOperator
     from airflow_provider_walthrottle.sensors.wal_archival import WalArchivalSensor
     from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
@@ -31,6 +32,8 @@ _EXPORTS = {
     "WalArchivalHook": "airflow_provider_walthrottle.hooks.wal_archival",
     "WalArchivalSensor": "airflow_provider_walthrottle.sensors.wal_archival",
     "WalArchivalTrigger": "airflow_provider_walthrottle.triggers.wal_archival",
+    "batched_migration_dag": "airflow_provider_walthrottle.migration_dag",
+    "wal_throttled_migration": "airflow_provider_walthrottle.migration_dag",
 }
 
 __all__ = [
@@ -45,6 +48,8 @@ __all__ = [
     "WalArchivalSensor",
     "WalArchivalTrigger",
     "__version__",
+    "batched_migration_dag",
+    "wal_throttled_migration",
 ]
 
 

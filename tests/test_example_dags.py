@@ -40,6 +40,7 @@ def test_example_dags_parse_without_errors_or_database_access():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "example_wal_archival_sensor" in result.stdout
     assert "example_batched_migration" in result.stdout
+    assert "example_backfill_migration" in result.stdout
 
 
 def test_the_guard_catches_a_dag_that_queries_at_parse_time(tmp_path, monkeypatch):

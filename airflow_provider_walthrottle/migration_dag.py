@@ -1,0 +1,150 @@
+"""Compose the flag, the sensor and the operator into a task group or a whole migration DAG.
+
+With :func:`batched_migration_dag` a migration DAG is one call; with :func:`wal_throttled_migration`
+the same tasks go into a DAG of your own. Nothing here touches a database: it only builds tasks.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import DAG, TaskGroup
+
+from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
+from airflow_provider_walthrottle.health import DEFAULT_MAX_PENDING_SEGMENTS
+from airflow_provider_walthrottle.operators.batched_migration import BatchedMigrationOperator
+from airflow_provider_walthrottle.sensors.wal_archival import WalArchivalSensor
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: Retries of each batch: a failed batch is retried first, from where it stopped.
+DEFAULT_RETRIES = 3
+DEFAULT_RETRY_DELAY = datetime.timedelta(minutes=1)
+
+
+def wal_throttled_migration(
+    *,
+    postgres_conn_id: str,
+    migration_name: str,
+    table: str,
+    column: str,
+    batch_sql: str,
+    scope: str | None = None,
+    group_id: str | None = None,
+    max_pending_segments: int | str = DEFAULT_MAX_PENDING_SEGMENTS,
+    flag_variable: str = WAL_HEALTH_FLAG,
+    flag_default: bool = False,
+    concurrency: int = 1,
+    pool: str | None = None,
+    retries: int = DEFAULT_RETRIES,
+    retry_delay: datetime.timedelta = DEFAULT_RETRY_DELAY,
+    poke_interval: float = 60.0,
+    sensor_kwargs: Mapping[str, Any] | None = None,
+    operator_kwargs: Mapping[str, Any] | None = None,
+) -> TaskGroup:
+    """
+    Add a task group ``flag → WalArchivalSensor → BatchedMigrationOperator`` to the current DAG.
+
+    Call it inside a ``with DAG(...)`` block. The sensor gates each run on the WAL backlog (behind
+    the flag); the operator applies one batch and re-checks between sub-batches. Both use the same
+    connection, threshold and flag.
+
+    .. seealso::
+        :doc:`/howto/migration_dag`
+
+    :param postgres_conn_id: the Airflow connection to the PostgreSQL primary.
+    :param migration_name: the migration's name; also the task group's id unless ``group_id`` is given.
+    :param table: the table, ``schema.table`` or ``table``.
+    :param column: the unique key column.
+    :param batch_sql: the statement per sub-batch, with ``%(start)s`` and ``%(end)s``.
+    :param scope: an optional SQL condition that narrows the rows.
+    :param group_id: the task group's id.
+    :param max_pending_segments: the WAL threshold.
+    :param flag_variable: the feature flag's Variable.
+    :param flag_default: the flag's answer while its Variable is missing.
+    :param concurrency: batches of this migration running at once, across all runs of the DAG
+        (``max_active_tis_per_dag``): 1 by default, as a one-slot pool would give.
+    :param pool: an Airflow pool for the batch task, e.g. one slot shared by several migrations of
+        one database (create it with ``airflow pools set NAME 1 "..."``).
+    :param retries: retries of the batch task (with exponential backoff from ``retry_delay``).
+    :param retry_delay: the first delay between retries.
+    :param poke_interval: seconds between two checks of the backlog while waiting.
+    :param sensor_kwargs: more arguments for the sensor.
+    :param operator_kwargs: more arguments for the operator.
+    """
+    with TaskGroup(
+        group_id=group_id or migration_name, tooltip=f"batched migration {migration_name}"
+    ) as group:
+        wait = WalArchivalSensor(
+            task_id="wait_for_wal_archival",
+            postgres_conn_id=postgres_conn_id,
+            max_pending_segments=max_pending_segments,
+            flag_variable=flag_variable,
+            flag_default=flag_default,
+            poke_interval=poke_interval,
+            retries=retries,
+            retry_delay=retry_delay,
+            **dict(sensor_kwargs or {}),
+        )
+        extra: dict[str, Any] = {"pool": pool} if pool else {}
+        batch = BatchedMigrationOperator(
+            task_id="apply_batch",
+            postgres_conn_id=postgres_conn_id,
+            migration_name=migration_name,
+            table=table,
+            column=column,
+            batch_sql=batch_sql,
+            scope=scope,
+            max_pending_segments=max_pending_segments,
+            flag_variable=flag_variable,
+            flag_default=flag_default,
+            wait_interval=poke_interval,
+            max_active_tis_per_dag=concurrency,
+            retries=retries,
+            retry_delay=retry_delay,
+            retry_exponential_backoff=True,
+            **extra,
+            **dict(operator_kwargs or {}),
+        )
+        wait >> batch
+    return group
+
+
+def batched_migration_dag(
+    *,
+    dag_id: str,
+    start_date: datetime.datetime,
+    schedule: str | datetime.timedelta | None = datetime.timedelta(minutes=5),
+    max_active_runs: int = 1,
+    catchup: bool = False,
+    tags: list[str] | None = None,
+    **migration: Any,
+) -> DAG:
+    """
+    Return a DAG that applies one batch of a migration per run.
+
+    Each run waits on the WAL backlog, then applies one batch; once the migration is finished its
+    runs end with the batch skipped. Backfills (``airflow backfill create``) are safe: every range
+    is applied exactly once whatever the number of runs.
+
+    :param dag_id: the DAG's id.
+    :param start_date: the DAG's start date.
+    :param schedule: how often a batch runs; every 5 minutes by default.
+    :param max_active_runs: runs at once; their batches are still limited by ``concurrency``.
+    :param catchup: whether the scheduler creates runs for past intervals.
+    :param tags: the DAG's tags; ``walthrottle`` is always added.
+    :param migration: the arguments of :func:`wal_throttled_migration`.
+    """
+    with DAG(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=start_date,
+        catchup=catchup,
+        max_active_runs=max_active_runs,
+        tags=sorted({"walthrottle", *(tags or [])}),
+        doc_md=f"Batched migration `{migration.get('migration_name')}`, throttled on the WAL backlog.",
+    ) as dag:
+        wal_throttled_migration(**migration)
+    return dag
