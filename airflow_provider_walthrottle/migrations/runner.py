@@ -261,10 +261,10 @@ def run_one_batch(
 
 def _settled(store: MigrationStore, status: str) -> BatchResult:
     if status == "failed":
-        migration = store.progress()
         raise MigrationStateError(
             f"migration {store.definition.name!r} failed: a job used up its attempts "
-            f"({migration.status}); fix the cause, then reset the failed job's attempts"
+            f"(last error: {store.load().last_error}); fix the cause, then reset that job's attempts "
+            "and the migration's status to active"
         )
     outcome = {"paused": Outcome.PAUSED, "finished": Outcome.FINISHED}[status]
     return BatchResult(outcome, store.progress())

@@ -59,6 +59,7 @@ class Migration:
     wal_bytes_per_row: float | None
     throttled_seconds: float
     created_at: datetime.datetime
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ ON CONFLICT (name) DO NOTHING"""
         query = sql.SQL(
             """
 SELECT name, key_type, min_key, max_key, total_rows, cursor_key, status, batch_size, rows_per_second,
-       wal_bytes_per_row, throttled_seconds, created_at
+       wal_bytes_per_row, throttled_seconds, created_at, last_error
 FROM {} WHERE name = %s{}"""
         ).format(queries.MIGRATIONS, sql.SQL(" FOR UPDATE") if for_update else sql.SQL(""))
         if for_update:
@@ -645,6 +646,20 @@ UPDATE {} SET batch_size = %s, rows_per_second = %s, wal_bytes_per_row = %s, upd
 WHERE name = %s"""
                 ).format(queries.MIGRATIONS),
                 [batch_size, rows_per_second, wal_bytes_per_row, self.definition.name],
+            )
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause an active migration, or resume a paused one; its tasks wait or skip meanwhile.
+
+        :param paused: ``True`` to pause, ``False`` to resume.
+        """
+        new, old = ("paused", "active") if paused else ("active", "paused")
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = %s, updated_at = now() WHERE name = %s AND status = %s"
+                ).format(queries.MIGRATIONS),
+                [new, self.definition.name, old],
             )
 
     def begin_throttle(self) -> None:

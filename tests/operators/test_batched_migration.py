@@ -5,15 +5,18 @@ from __future__ import annotations
 import datetime
 import uuid
 
+import psycopg
 import pytest
 from airflow.sdk import DAG
 
 from airflow_provider_walthrottle import BatchedMigrationOperator
+from airflow_provider_walthrottle.migrations.runner import prepare
 from tests.dag_testing import run_dag, task_states, xcom_of
 from tests.migrations.conftest import (
     INCREMENT,
     SCOPE,
     counter_histogram,
+    increment_migration,
     make_table,
 )
 
@@ -116,3 +119,15 @@ def test_throttled_by_the_backlog_waits_then_continues(connection, monkeypatch):
     assert result["outcome"] == "completed"
     assert result["throttled_seconds"] > 0
     assert set(counter_histogram(connection, "op_throttled")) == {(True, 1), (False, 0)}
+
+
+def test_paused_migration_skips_then_resumes(connection):
+    make_table(connection, "op_paused", 3000)
+    dag, _ = migration_dag("op_paused", on_paused="skip")
+    with psycopg.connect(connection.dsn(), autocommit=True) as conn:
+        store = prepare(conn, increment_migration("op_paused", "op_paused"), 2000)
+        store.set_paused(True)
+        assert task_states(run_dag(dag)) == {"batch": "skipped"}
+        assert set(counter_histogram(connection, "op_paused")) == {(True, 0), (False, 0)}
+        store.set_paused(False)
+    assert task_states(run_dag(dag)) == {"batch": "success"}
