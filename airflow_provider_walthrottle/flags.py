@@ -98,7 +98,7 @@ def actor_bucket(flag_key: str, actor: str) -> int:
     Return the percentage bucket, in ``[0, 100_000)``, of an actor for one flag.
 
     The bucket is ``crc32(f"{flag_key}:{actor}") % 100_000``, the scheme of GitLab's Flipper: stable
-    across processes, hosts and Python versions (unlike :func:`hash`), and independent between flags,
+    across processes, hosts and Python versions (unlike ``hash()``), and independent between flags,
     so two flags at 25 % do not pick the same quarter of the actors. An actor is in a rollout of ``p``
     percent when its bucket is below ``p * 1000``, so raising ``p`` only ever adds actors.
 
