@@ -75,7 +75,7 @@ class WalArchivalHook(PostgresHook):
             ) from None
 
     def connection_kwargs(self) -> dict[str, Any]:
-        """Return libpq keyword arguments for the connection, as ``PostgresHook.get_conn()`` would use them."""
+        """Return libpq keyword arguments for the connection, as ``PostgresHook.get_conn()`` uses them."""
         connection = self._get_airflow_connection()
         if connection.extra_dejson.get("iam", False):
             raise UnsupportedConfigurationError(

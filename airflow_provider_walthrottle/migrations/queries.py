@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS {jobs} (
         CHECK (status IN ('pending', 'running', 'paused', 'succeeded', 'failed', 'split')),
     attempts integer NOT NULL DEFAULT 0,
     rows_affected bigint NOT NULL DEFAULT 0,
+    keys_done integer NOT NULL DEFAULT 0,
     sub_batches integer NOT NULL DEFAULT 0,
     duration_seconds double precision NOT NULL DEFAULT 0,
     wal_bytes bigint NOT NULL DEFAULT 0,
@@ -98,7 +99,7 @@ SELECT a.attname AS column_name,
        EXISTS (
            SELECT 1 FROM pg_catalog.pg_index AS i
            WHERE i.indrelid = c.oid AND i.indisvalid AND i.indisunique AND i.indpred IS NULL
-             AND i.indnatts = 1 AND i.indkey[0] = a.attnum
+             AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum
        ) AS unique_indexed,
        coalesce(coll.collisdeterministic, true) AS deterministic_collation
 FROM pg_catalog.pg_class AS c
@@ -131,7 +132,11 @@ def key_bounds(table: sql.Identifier, column: sql.Identifier, scope: str | None)
     :param scope: the DAG author's SQL condition.
     """
     return sql.SQL(
-        "SELECT min({col})::text, max({col})::text, count(*) FROM {table} WHERE true{scope}"
+        """
+SELECT (SELECT {col} FROM {table} WHERE true{scope} ORDER BY {col} LIMIT 1)::text,
+       (SELECT {col} FROM {table} WHERE true{scope} ORDER BY {col} DESC LIMIT 1)::text,
+       (SELECT count(*) FROM {table} WHERE true{scope})
+"""
     ).format(col=column, table=table, scope=scope_condition(scope))
 
 
@@ -140,8 +145,9 @@ def next_range(
 ) -> sql.Composed:
     """Return a query for the next range of at most ``%(rows)s`` keys after ``%(after)s``, up to ``%(last)s``.
 
-    It returns the range's first and last key (as text) and its number of keys, walking the key's
-    unique index; ``inclusive`` makes the range start at ``%(after)s`` itself.
+    It returns the range's ``first`` and ``last`` key (as text; ``array_agg`` rather than
+    ``min``/``max``, which uuid lacks) and its number of ``keys``, walking the key's unique index;
+    ``inclusive`` makes the range start at ``%(after)s`` itself. ``%(rows)s`` NULL means no limit.
 
     :param table: the table.
     :param column: the key column.
@@ -150,7 +156,9 @@ def next_range(
     """
     return sql.SQL(
         """
-SELECT min(k)::text, max(k)::text, count(*)
+SELECT ((array_agg(k ORDER BY k))[1])::text AS first,
+       ((array_agg(k ORDER BY k DESC))[1])::text AS last,
+       count(*) AS keys
 FROM (
     SELECT {col} AS k FROM {table}
     WHERE {col} {op} %(after)s AND {col} <= %(last)s{scope}

@@ -7,6 +7,7 @@ directly, from as many processes as they like.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from dataclasses import dataclass, field
@@ -200,43 +201,47 @@ def run_one_batch(
 
     rows = keys = wal_bytes = 0
     seconds = 0.0
-    try:
-        while True:
+    while True:
+        try:
             result = store.run_sub_batch(job, settings.sub_batch_size, settings.statement_timeout_ms)
-            rows += result.rows_affected
-            keys += result.keys
-            seconds += result.seconds
-            wal_bytes += result.wal_bytes
-            if result.keys:
-                log(
-                    f"job {job.id}: keys {result.first_key}..{result.last_key} of "
-                    f"{job.start_key}..{job.end_key}, {result.rows_affected} rows in "
-                    f"{result.seconds * 1000:.0f} ms, {result.wal_bytes} WAL bytes"
-                )
-            if result.job_finished:
-                break
+        except psycopg.Error as error:
+            raise _job_failed(store, job, error, settings) from error
+        except BaseException:
+            # not the statement's fault (an interrupt, a lost connection): leave the job to a retry
+            _release_quietly(store, job, "paused")
+            raise
+        rows += result.rows_affected
+        keys += result.keys
+        seconds += result.seconds
+        wal_bytes += result.wal_bytes
+        if result.keys:
+            log(
+                f"job {job.id}: keys {result.first_key}..{result.last_key} of "
+                f"{job.start_key}..{job.end_key}, {result.rows_affected} rows in "
+                f"{result.seconds * 1000:.0f} ms, {result.wal_bytes} WAL bytes"
+            )
+        if result.job_finished:
+            break
+        try:
             if settings.pause_ms:
                 sleep(settings.pause_ms / 1000)
             verdict = check_health()
-            if not verdict.proceed:
-                store.release(job, status="paused")
-                return BatchResult(
-                    Outcome.THROTTLED,
-                    store.progress(),
-                    job=job,
-                    rows_affected=rows,
-                    keys=keys,
-                    seconds=seconds,
-                    wal_bytes=wal_bytes,
-                    health=verdict.health,
-                )
-    except psycopg.Error as error:
-        raise _job_failed(store, job, error, settings) from error
-    except BaseException:
-        # not the statement's fault (an interrupt, a lost connection): leave the job to a retry
-        if not store.conn.closed and not store.conn.broken:
-            store.release(job, status="failed", error="interrupted")
-        raise
+        except BaseException:
+            # the check failed, not the job: it resumes where it stopped, with no attempt used
+            _release_quietly(store, job, "paused")
+            raise
+        if not verdict.proceed:
+            store.release(job, status="paused")
+            return BatchResult(
+                Outcome.THROTTLED,
+                store.progress(),
+                job=job,
+                rows_affected=rows,
+                keys=keys,
+                seconds=seconds,
+                wal_bytes=wal_bytes,
+                health=verdict.health,
+            )
     store.release(job)
     if keys:
         estimate = estimate.observe(BatchObservation(rows=keys, seconds=seconds, wal_bytes=wal_bytes))
@@ -281,11 +286,19 @@ def _job_failed(
     )
     if store.conn.broken:
         return JobFailedError(f"{where}: lost the connection: {reason}", final=False)
-    if isinstance(error, SPLITTABLE_ERRORS) and job.attempts >= settings.split_after_attempts:
-        if store.split(job, reason):
-            return JobFailedError(f"{where}: {reason}; its range was split in two for the retry", final=False)
-    else:
-        store.release(job, status="failed", error=reason)
-    final = job.attempts >= settings.max_attempts
-    advice = "the migration fails" if final else "it will be retried"
-    return JobFailedError(f"{where}: {reason}; {advice}", final=final)
+    splittable = isinstance(error, SPLITTABLE_ERRORS) and job.attempts >= settings.split_after_attempts
+    if splittable and store.split(job, reason):
+        return JobFailedError(f"{where}: {reason}; its range was split in two for the retry", final=False)
+    store.release(job, status="failed", error=reason)
+    if job.attempts >= settings.max_attempts:
+        store.fail_migration(f"job {job.id} (keys {job.start_key}..{job.end_key}): {reason}")
+        return JobFailedError(f"{where}: {reason}; the migration fails", final=True)
+    return JobFailedError(f"{where}: {reason}; it will be retried", final=False)
+
+
+def _release_quietly(store: MigrationStore, job: Job, status: str) -> None:
+    """Release a job on the way out of an exception, if the connection still works."""
+    if store.conn.closed or store.conn.broken:
+        return
+    with contextlib.suppress(psycopg.Error):  # the connection's end releases the lock anyway
+        store.release(job, status=status)

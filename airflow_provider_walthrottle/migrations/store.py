@@ -113,7 +113,7 @@ class Progress:
         elapsed = self.active_seconds + self.throttled_seconds
         if self.keys_done == 0 or elapsed <= 0:
             return None
-        return (self.total_rows - self.keys_done) * elapsed / self.keys_done
+        return max(self.total_rows - self.keys_done, 0) * elapsed / self.keys_done
 
 
 class MigrationStore:
@@ -181,14 +181,14 @@ class MigrationStore:
             )
         return str(row["type_name"])
 
-    def check_batch_sql(self, key_type: str, sample_key: str) -> None:
+    def check_batch_sql(self, key_type: str, sample_key: str | None) -> None:
         """Plan ``batch_sql`` with ``EXPLAIN`` (which runs nothing), to catch its errors before any row.
 
         :param key_type: the key column's type.
-        :param sample_key: a key to bind as both ends of the range.
+        :param sample_key: a key to bind as both ends of the range (NULL when the table is empty).
         :raises MigrationDefinitionError: with the server's error.
         """
-        key = KEY_TYPES[key_type](sample_key)
+        key = None if sample_key is None else KEY_TYPES[key_type](sample_key)
         explain = sql.SQL("EXPLAIN {}").format(sql.SQL(self.definition.batch_sql))
         try:
             with self.conn.transaction(force_rollback=True), self.conn.cursor() as cursor:
@@ -212,11 +212,9 @@ class MigrationStore:
                 sql.SQL("SELECT 1 FROM {} WHERE name = %s").format(queries.MIGRATIONS), [definition.name]
             )
             if cursor.fetchone() is None:
-                # with parameters (none), so that %% in the scope reads as % as it does everywhere else
-                cursor.execute(queries.key_bounds(self.table, self.column, definition.scope), {})
-                bounds = cursor.fetchone()
-                assert bounds is not None
-                min_key, max_key, total = bounds
+                min_key, max_key, total = self._key_bounds(cursor)
+                # before the row exists, so that a typo does not take the name
+                self.check_batch_sql(key_type, min_key)
                 cursor.execute(
                     sql.SQL(
                         """
@@ -249,9 +247,22 @@ ON CONFLICT (name) DO NOTHING"""
                 f"migration name {definition.name!r} is already used in this database for another migration "
                 f"(a different table, column, scope or batch_sql); choose a new migration_name"
             )
-        if migration.min_key is not None:
-            self.check_batch_sql(migration.key_type, migration.min_key)
         return migration
+
+    def _key_bounds(self, cursor: psycopg.Cursor[Any]) -> tuple[str | None, str | None, int]:
+        """Return the first and last key in the scope, and how many keys it holds."""
+        try:
+            with self.conn.transaction():
+                # with parameters (none), so that %% in the scope reads as % as it does everywhere else
+                cursor.execute(queries.key_bounds(self.table, self.column, self.definition.scope), {})
+        except psycopg.Error as error:
+            raise MigrationDefinitionError(
+                f"scope {self.definition.scope!r} of migration {self.definition.name!r} does not plan: "
+                f"{' '.join(str(error).split())}"
+            ) from None
+        row = cursor.fetchone()
+        assert row is not None
+        return row[0], row[1], row[2]
 
     def _fingerprint(self) -> str:
         with self.conn.transaction(), self.conn.cursor() as cursor:
@@ -346,19 +357,30 @@ WHERE id = %(id)s"""
     def _claim_open_job(
         self, cursor: psycopg.Cursor[Any], max_attempts: int, locked: list[int]
     ) -> Job | None:
-        cursor.execute(
-            sql.SQL(
-                """
+        # Candidates are read without row locks: a live worker's job row must stay free for its
+        # next sub-batch. Each candidate's advisory lock decides; then its row is read again, locked.
+        open_jobs = sql.SQL(
+            """
 SELECT id, start_key, end_key, planned_rows, resume_key, attempts, rows_affected, status
 FROM {} WHERE migration_name = %(name)s AND status IN ('pending', 'running', 'paused', 'failed')
-  AND attempts < %(max_attempts)s
-ORDER BY id FOR UPDATE SKIP LOCKED"""
-            ).format(queries.JOBS),
+  AND (attempts < %(max_attempts)s OR status = 'paused')"""
+        ).format(queries.JOBS)
+        cursor.execute(
+            sql.SQL("{} ORDER BY id").format(open_jobs),
             {"name": self.definition.name, "max_attempts": max_attempts},
         )
-        for row in cursor.fetchall():
-            if not self._try_lock(cursor, row["id"], locked):
+        for candidate in cursor.fetchall():
+            if not self._try_lock(cursor, candidate["id"], locked):
                 continue  # a live worker holds it
+            cursor.execute(
+                sql.SQL("{} AND id = %(id)s FOR UPDATE").format(open_jobs),
+                {"name": self.definition.name, "max_attempts": max_attempts, "id": candidate["id"]},
+            )
+            row = cursor.fetchone()
+            if row is None:  # finished or failed for good since it was read
+                locked.remove(candidate["id"])
+                self._unlock_in(cursor, candidate["id"])
+                continue
             # a paused job resumes where it stopped; any other start counts as an attempt
             attempts = row["attempts"] + (0 if row["status"] == "paused" else 1)
             cursor.execute(
@@ -368,6 +390,9 @@ ORDER BY id FOR UPDATE SKIP LOCKED"""
             row.pop("status")
             return Job(**{**row, "attempts": attempts})
         return None
+
+    def _unlock_in(self, cursor: psycopg.Cursor[Any], job_id: int) -> None:
+        cursor.execute("SELECT pg_advisory_unlock(%s::int, %s::int)", [queries.LOCK_NAMESPACE, job_id])
 
     def _plan_job(
         self, cursor: psycopg.Cursor[Any], migration: Migration, batch_size: int, locked: list[int]
@@ -388,7 +413,7 @@ ORDER BY id FOR UPDATE SKIP LOCKED"""
         )
         row = cursor.fetchone()
         assert row is not None
-        start_key, end_key, keys = row["min"], row["max"], row["count"]
+        start_key, end_key, keys = row["first"], row["last"], row["keys"]
         if keys == 0:
             return None
         cursor.execute(
@@ -423,13 +448,23 @@ VALUES (%s, %s, %s, %s, 'pending', 1) RETURNING id"""
         cursor.execute(
             sql.SQL(
                 """
-SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'split')) AS open,
-       count(*) FILTER (WHERE status IN ('failed', 'running', 'pending', 'paused')
-                        AND attempts >= %(max_attempts)s) AS exhausted,
-       max(last_error) FILTER (WHERE attempts >= %(max_attempts)s) AS last_error
-FROM {} WHERE migration_name = %(name)s"""
-            ).format(queries.JOBS),
-            {"name": self.definition.name, "max_attempts": max_attempts},
+WITH exhausted AS (
+    -- out of attempts, and not held by a live worker (whose last attempt may still succeed)
+    SELECT j.id, j.last_error FROM {jobs} AS j
+    WHERE j.migration_name = %(name)s AND j.status IN ('failed', 'running', 'pending')
+      AND j.attempts >= %(max_attempts)s
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_catalog.pg_locks AS l
+          WHERE l.locktype = 'advisory' AND l.classid = %(namespace)s::int::oid
+            AND l.objid = j.id::int::oid AND l.objsubid = 2 AND l.granted
+      )
+)
+SELECT (SELECT count(*) FROM {jobs} WHERE migration_name = %(name)s
+          AND status NOT IN ('succeeded', 'split')) AS open,
+       (SELECT count(*) FROM exhausted) AS exhausted,
+       (SELECT last_error FROM exhausted ORDER BY id LIMIT 1) AS last_error"""
+            ).format(jobs=queries.JOBS),
+            {"name": self.definition.name, "max_attempts": max_attempts, "namespace": queries.LOCK_NAMESPACE},
         )
         row = cursor.fetchone()
         assert row is not None
@@ -463,12 +498,6 @@ WHERE name = %s"""
         """
         migration_key = self._key
         with self.conn.transaction(), self.conn.cursor() as cursor:
-            if statement_timeout_ms:
-                cursor.execute(
-                    sql.SQL("SET LOCAL statement_timeout = {}").format(
-                        sql.Literal(f"{statement_timeout_ms}ms")
-                    )
-                )
             cursor.execute(
                 sql.SQL("SELECT resume_key FROM {} WHERE id = %s AND status = 'running' FOR UPDATE").format(
                     queries.JOBS
@@ -498,11 +527,19 @@ WHERE name = %s"""
             if keys:
                 cursor.execute(queries.WAL_INSERT_POSITION)
                 before = cursor.fetchone()
+                if statement_timeout_ms:  # for the DAG author's statement only, not the bookkeeping
+                    cursor.execute(
+                        sql.SQL("SET LOCAL statement_timeout = {}").format(
+                            sql.Literal(f"{statement_timeout_ms}ms")
+                        )
+                    )
                 cursor.execute(
                     sql.SQL(self.definition.batch_sql),
                     {"start": migration_key(first_key), "end": migration_key(last_key)},
                 )
                 rows_affected = max(cursor.rowcount, 0)
+                if statement_timeout_ms:
+                    cursor.execute("SET LOCAL statement_timeout TO DEFAULT")
                 cursor.execute(queries.WAL_INSERT_POSITION)
                 after = cursor.fetchone()
                 assert before is not None and after is not None
@@ -513,7 +550,8 @@ WHERE name = %s"""
                 sql.SQL(
                     """
 UPDATE {} SET resume_key = coalesce(%(last)s, resume_key), rows_affected = rows_affected + %(rows)s,
-              sub_batches = sub_batches + %(one)s, duration_seconds = duration_seconds + %(seconds)s,
+              keys_done = keys_done + %(keys)s, sub_batches = sub_batches + %(one)s,
+              duration_seconds = duration_seconds + %(seconds)s,
               wal_bytes = wal_bytes + %(wal)s,
               status = CASE WHEN %(finished)s THEN 'succeeded' ELSE status END,
               finished_at = CASE WHEN %(finished)s THEN now() END
@@ -522,6 +560,7 @@ WHERE id = %(id)s"""
                 {
                     "last": last_key,
                     "rows": rows_affected,
+                    "keys": keys,
                     "one": 1 if keys else 0,
                     "seconds": seconds,
                     "wal": wal_bytes,
@@ -565,66 +604,75 @@ WHERE id = %(id)s"""
             self._unlock(job.id)
 
     def split(self, job: Job, error: str) -> bool:
-        """Split the rest of a job's range in two new jobs (GitLab's split-and-retry).
+        """Split the rest of a job's range in two new jobs (GitLab's split-and-retry), and release it.
+
+        The halves are sized by the keys the range holds now (rows may have been inserted into it
+        since it was planned), and the second one ends where the job ended.
 
         :param job: a failed job this session holds.
         :param error: why it failed.
-        :return: whether it was split; a range of one key cannot be.
+        :return: whether it was split; a range of one key cannot be (the job is then still held).
         """
         convert = self._key
-        try:
-            with self.conn.transaction(), self.conn.cursor() as cursor:
-                cursor.execute(
-                    sql.SQL("SELECT resume_key FROM {} WHERE id = %s FOR UPDATE").format(queries.JOBS),
-                    [job.id],
-                )
-                row = cursor.fetchone()
-                assert row is not None
-                resume_key = row[0]
-                after = convert(job.start_key if resume_key is None else resume_key)
-                inclusive = resume_key is None
-                cursor.execute(
-                    queries.next_range(self.table, self.column, self.definition.scope, inclusive=inclusive),
-                    {"after": after, "last": convert(job.end_key), "rows": job.planned_rows},
-                )
-                rest = cursor.fetchone()
-                assert rest is not None
-                _, _, remaining = rest
-                if remaining < 2:
-                    return False
-                halves: list[tuple[str, str, int]] = []
-                cursor.execute(
-                    queries.next_range(self.table, self.column, self.definition.scope, inclusive=inclusive),
-                    {"after": after, "last": convert(job.end_key), "rows": remaining // 2},
-                )
-                first_half = cursor.fetchone()
-                assert first_half is not None
-                halves.append(first_half)
-                cursor.execute(
-                    queries.next_range(self.table, self.column, self.definition.scope, inclusive=False),
-                    {"after": convert(first_half[1]), "last": convert(job.end_key), "rows": remaining},
-                )
-                second_half = cursor.fetchone()
-                assert second_half is not None
-                halves.append(second_half)
-                for start_key, end_key, keys in halves:
-                    cursor.execute(
-                        sql.SQL(
-                            """
-INSERT INTO {} (migration_name, start_key, end_key, planned_rows, status, attempts)
-VALUES (%s, %s, %s, %s, 'pending', 0)"""
-                        ).format(queries.JOBS),
-                        [self.definition.name, start_key, end_key, keys],
-                    )
+        scope = self.definition.scope
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL("SELECT resume_key FROM {} WHERE id = %s FOR UPDATE").format(queries.JOBS), [job.id]
+            )
+            row = cursor.fetchone()
+            assert row is not None
+            resume_key = row[0]
+            after = convert(job.start_key if resume_key is None else resume_key)
+            inclusive = resume_key is None
+            rest = {"after": after, "last": convert(job.end_key), "rows": None}
+            cursor.execute(queries.next_range(self.table, self.column, scope, inclusive=inclusive), rest)
+            counted = cursor.fetchone()
+            assert counted is not None
+            remaining = counted[2]
+            if remaining < 2:
+                return False
+            cursor.execute(
+                queries.next_range(self.table, self.column, scope, inclusive=inclusive),
+                {**rest, "rows": remaining // 2},
+            )
+            first_half = cursor.fetchone()
+            assert first_half is not None
+            cursor.execute(
+                queries.next_range(self.table, self.column, scope, inclusive=False),
+                {**rest, "after": convert(first_half[1])},
+            )
+            second_half = cursor.fetchone()
+            assert second_half is not None
+            for start_key, end_key, keys in (first_half, (second_half[0], job.end_key, second_half[2])):
                 cursor.execute(
                     sql.SQL(
-                        "UPDATE {} SET status = 'split', last_error = %s, finished_at = now() WHERE id = %s"
+                        """
+INSERT INTO {} (migration_name, start_key, end_key, planned_rows, status, attempts)
+VALUES (%s, %s, %s, %s, 'pending', 0)"""
                     ).format(queries.JOBS),
-                    [error, job.id],
+                    [self.definition.name, start_key, end_key, keys],
                 )
-            return True
-        finally:
-            self._unlock(job.id)
+            cursor.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = 'split', last_error = %s, finished_at = now() WHERE id = %s"
+                ).format(queries.JOBS),
+                [error, job.id],
+            )
+        self._unlock(job.id)
+        return True
+
+    def fail_migration(self, error: str) -> None:
+        """Mark the migration failed: a job used up its attempts. Running jobs finish; no new ones start.
+
+        :param error: the last error, shown to every later task.
+        """
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = 'failed', last_error = %s, updated_at = now() WHERE name = %s"
+                ).format(queries.MIGRATIONS),
+                [error, self.definition.name],
+            )
 
     def _unlock(self, job_id: int) -> None:
         if self.conn.closed:
@@ -693,7 +741,7 @@ WHERE name = %s AND throttled_since IS NOT NULL"""
                     """
 SELECT m.total_rows, m.throttled_seconds, m.cursor_key, m.status,
        coalesce(sum(j.rows_affected), 0)::bigint AS rows_affected,
-       coalesce(sum(j.planned_rows) FILTER (WHERE j.status = 'succeeded'), 0)::bigint AS keys_done,
+       coalesce(sum(j.keys_done), 0)::bigint AS keys_done,
        count(j.id) FILTER (WHERE j.status = 'succeeded') AS jobs_succeeded,
        count(j.id) FILTER (WHERE j.status NOT IN ('succeeded', 'split')) AS jobs_open,
        coalesce(sum(j.duration_seconds), 0) AS active_seconds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from psycopg import sql
 
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
@@ -46,12 +45,3 @@ def increment_migration(name: str, table: str) -> MigrationDefinition:
         batch_sql=INCREMENT.format(table=table, scope=SCOPE),
         scope=SCOPE,
     )
-
-
-@pytest.fixture
-def migration_db(pg, monkeypatch):
-    """The shared cluster, with its archive gate open and a fresh state schema."""
-    pg.open_gate()
-    pg.execute("DROP SCHEMA IF EXISTS walthrottle CASCADE")
-    yield pg
-    pg.open_gate()
