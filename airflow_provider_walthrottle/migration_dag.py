@@ -120,6 +120,7 @@ def batched_migration_dag(
     max_active_runs: int = 1,
     catchup: bool = False,
     tags: list[str] | None = None,
+    dag_kwargs: Mapping[str, Any] | None = None,
     **migration: Any,
 ) -> DAG:
     """
@@ -135,6 +136,7 @@ def batched_migration_dag(
     :param max_active_runs: runs at once; their batches are still limited by ``concurrency``.
     :param catchup: whether the scheduler creates runs for past intervals.
     :param tags: the DAG's tags; ``walthrottle`` is always added.
+    :param dag_kwargs: more arguments for the DAG, e.g. ``end_date`` or ``default_args``.
     :param migration: the arguments of :func:`wal_throttled_migration`.
     """
     with DAG(
@@ -145,6 +147,7 @@ def batched_migration_dag(
         max_active_runs=max_active_runs,
         tags=sorted({"walthrottle", *(tags or [])}),
         doc_md=f"Batched migration `{migration.get('migration_name')}`, throttled on the WAL backlog.",
+        **dict(dag_kwargs or {}),
     ) as dag:
         wal_throttled_migration(**migration)
     return dag

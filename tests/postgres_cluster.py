@@ -247,6 +247,13 @@ def _conf_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def _check_delay(seconds: float) -> float:
+    """Return ``seconds`` as a float, or fail naming it if it is not a finite number from 0 to 3600."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 3600:
+        raise ValueError(f"archive_delay_seconds must be a number of seconds from 0 to 3600, got {seconds!r}")
+    return float(seconds)
+
+
 def wait_until(
     predicate: Callable[[], T],
     timeout: float = 30,
@@ -343,6 +350,8 @@ class PostgresCluster:
 
     superuser: str = SUPERUSER
     host: str = HOST
+    #: Seconds ``archive_command`` sleeps before each copy; 0 copies at once (see :meth:`set_archive_delay`).
+    archive_delay_seconds: float = 0.0
 
     def __init__(
         self,
@@ -387,6 +396,7 @@ class PostgresCluster:
         archive_mode: str = "on",
         start_wal_segment: str | None = None,
         extra_conf: dict[str, str] | None = None,
+        archive_delay_seconds: float = 0.0,
     ) -> PostgresCluster:
         """Initialise a new, stopped primary cluster under ``base_dir``.
 
@@ -397,6 +407,8 @@ class PostgresCluster:
         :param start_wal_segment: if given, a WAL file name passed to ``pg_resetwal -l`` so that the
             cluster starts writing in that segment (e.g. just before a log-id boundary).
         :param extra_conf: further server settings; they override the harness's own.
+        :param archive_delay_seconds: a slow archiver: ``archive_command`` sleeps this long before
+            each copy (see :meth:`set_archive_delay`); 0, the default, copies at once.
         :return: the cluster, not started yet.
         """
         root = _server_dir(base_dir / name, 0o755)
@@ -409,6 +421,7 @@ class PostgresCluster:
             archive_mode=archive_mode,
             extra_conf=extra_conf,
         )
+        cluster.archive_delay_seconds = _check_delay(archive_delay_seconds)
         _server_dir(cluster.archive_dir)
         _server_dir(cluster.socket_dir)
         pwfile = _server_file(root / "pwfile", cluster.superuser_password + "\n")
@@ -523,6 +536,10 @@ class PostgresCluster:
         archive_command = (
             f"test ! -f {shlex.quote(str(self.gate_path))} && cp %p {shlex.quote(str(self.archive_dir))}/%f"
         )
+        if self.archive_delay_seconds > 0:
+            # a slow archiver: at most one segment per delay (the archiver copies one file at a time)
+            gate = f"test ! -f {shlex.quote(str(self.gate_path))} && "
+            archive_command = f"{gate}sleep {self.archive_delay_seconds:g} && {archive_command[len(gate) :]}"
         conf = {
             "listen_addresses": self.host,
             "port": str(self.port),
@@ -882,6 +899,20 @@ class PostgresCluster:
         """Let ``archive_command`` succeed again, and wake the archiver (``pg_reload_conf()``)."""
         with contextlib.suppress(FileNotFoundError):
             self.gate_path.unlink()
+        if self._running:
+            self.execute("SELECT pg_reload_conf()")
+
+    def set_archive_delay(self, seconds: float) -> None:
+        """Make the archiver slow (or fast again): ``archive_command`` sleeps ``seconds`` before each copy.
+
+        The archiver copies one segment at a time, so a backlog drains at about one segment per
+        ``seconds``. The new command applies from the next segment (``pg_reload_conf()``); a copy under
+        way finishes at the old pace. The gate still works as before: a closed gate fails at once.
+
+        :param seconds: the delay; 0 copies at once, as by default.
+        """
+        self.archive_delay_seconds = _check_delay(seconds)
+        self._write_harness_conf()
         if self._running:
             self.execute("SELECT pg_reload_conf()")
 

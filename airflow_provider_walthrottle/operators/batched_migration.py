@@ -256,6 +256,7 @@ class BatchedMigrationOperator(BaseOperator):
             "range": [result.job.start_key, result.job.end_key] if result.job else None,
             "keys": result.keys,
             "rows_affected": result.rows_affected,
+            "job_rows_affected": (result.job.rows_affected if result.job else 0) + result.rows_affected,
             "seconds": round(result.seconds, 3),
             "wal_bytes": result.wal_bytes,
             "rows_done": progress.rows_affected,
@@ -270,11 +271,12 @@ class BatchedMigrationOperator(BaseOperator):
         }
         if result.outcome is Outcome.COMPLETED:
             self.log.info(
-                "Migration %s: job %s (keys %s..%s) done, %s rows in %.1fs; %.1f%% of %s keys, "
-                "%s rows/s, ETA %s s (throttled %.0f s so far)",
+                "Migration %s: job %s (keys %s..%s) done, %s rows (%s in this try, %.1fs); "
+                "%.1f%% of %s keys, %s rows/s, ETA %s s (throttled %.0f s so far)",
                 self.migration_name,
                 summary["job_id"],
                 *summary["range"],
+                summary["job_rows_affected"],
                 result.rows_affected,
                 result.seconds,
                 progress.percentage,
