@@ -201,6 +201,20 @@ def run_one_batch(
 
     rows = keys = wal_bytes = 0
     seconds = 0.0
+
+    def ended(outcome: Outcome, **more: Any) -> BatchResult:
+        return BatchResult(
+            outcome,
+            store.progress(),
+            job=job,
+            rows_affected=rows,
+            keys=keys,
+            seconds=seconds,
+            wal_bytes=wal_bytes,
+            health=verdict.health,
+            **more,
+        )
+
     while True:
         try:
             result = store.run_sub_batch(job, settings.sub_batch_size, settings.statement_timeout_ms)
@@ -232,16 +246,7 @@ def run_one_batch(
             raise
         if not verdict.proceed:
             store.release(job, status="paused")
-            return BatchResult(
-                Outcome.THROTTLED,
-                store.progress(),
-                job=job,
-                rows_affected=rows,
-                keys=keys,
-                seconds=seconds,
-                wal_bytes=wal_bytes,
-                health=verdict.health,
-            )
+            return ended(Outcome.THROTTLED)
     store.release(job)
     if keys:
         estimate = estimate.observe(BatchObservation(rows=keys, seconds=seconds, wal_bytes=wal_bytes))
@@ -250,18 +255,7 @@ def run_one_batch(
         rows_per_second=estimate.rows_per_second,
         wal_bytes_per_row=estimate.wal_bytes_per_row,
     )
-    return BatchResult(
-        Outcome.COMPLETED,
-        store.progress(),
-        job=job,
-        rows_affected=rows,
-        keys=keys,
-        seconds=seconds,
-        wal_bytes=wal_bytes,
-        decision=decision,
-        health=verdict.health,
-        rows_per_second=estimate.rows_per_second,
-    )
+    return ended(Outcome.COMPLETED, decision=decision, rows_per_second=estimate.rows_per_second)
 
 
 def _settled(store: MigrationStore, status: str) -> BatchResult:
