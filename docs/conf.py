@@ -69,6 +69,7 @@ nitpick_ignore = [
     # Airflow classes in type hints that cannot be evaluated at build time (they name types
     # imported only under TYPE_CHECKING), so autodoc shows them as written, unqualified.
     ("py:class", "TaskGroup"),
+    ("py:class", "DAG"),
     ("py:class", "PokeReturnValue"),
     ("py:class", "TriggerEvent"),
 ]
