@@ -63,6 +63,10 @@ FINISHED_RUN_STATES = frozenset({"success", "failed"})
 _LIVE: dict[int, AirflowStandalone] = {}
 #: Name of the environment variable that marks every process of one instance.
 MARKER_VARIABLE = "WALTHROTTLE_AIRFLOW_STANDALONE"
+#: A module, written into the Airflow home, with the SQLite connect arguments of every component.
+SQLITE_SETTINGS_MODULE = "walthrottle_sqlite_settings"
+#: Seconds a writer waits for SQLite's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_SECONDS = 60
 HOST = "127.0.0.1"
 LOG_TAIL_LINES = 30
 
@@ -181,7 +185,12 @@ class AirflowStandalone:
                 "dags_are_paused_at_creation": "True",
                 "unit_test_mode": "False",
             },
-            "database": {"sql_alchemy_conn": f"sqlite:///{self.home / 'airflow.db'}"},
+            "database": {
+                "sql_alchemy_conn": f"sqlite:///{self.home / 'airflow.db'}",
+                # wait for SQLite's lock instead of failing after its default 5 s: the scheduler,
+                # dag-processor, triggerer, api-server and CLI calls all write the same file
+                "sql_alchemy_connect_args": f"{SQLITE_SETTINGS_MODULE}.CONNECT_ARGS",
+            },
             "api": {
                 "host": HOST,
                 "port": str(self.api_port),
@@ -225,6 +234,7 @@ class AirflowStandalone:
             if not name.startswith(("AIRFLOW", "_AIRFLOW", "PG"))
         }
         env["AIRFLOW_HOME"] = str(self.home)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.home), env.get("PYTHONPATH")]))
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
         env["NO_COLOR"] = "1"
@@ -241,6 +251,9 @@ class AirflowStandalone:
         self.dags_folder.mkdir(parents=True, exist_ok=True)
         self.components_dir.mkdir(exist_ok=True)
         (self.home / "airflow.cfg").write_text(_cfg_text(self.settings()), encoding="utf-8")
+        (self.home / f"{SQLITE_SETTINGS_MODULE}.py").write_text(
+            f"CONNECT_ARGS = {{'timeout': {SQLITE_BUSY_TIMEOUT_SECONDS}}}\n", encoding="utf-8"
+        )
         self.airflow("db", "migrate", timeout=180)
         self._prepared = True
 
