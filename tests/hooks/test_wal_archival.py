@@ -296,3 +296,30 @@ def test_role_that_may_not_read_the_archiver_statistics(hooks, pg_drained):
     assert "permission denied for view pg_stat_archiver" in message
     assert "SELECT on pg_catalog.pg_stat_archiver" in message
     assert "\n" not in message
+
+
+def test_exact_count_takes_only_real_segment_names(pg_cluster_factory, hooks):
+    import os
+    import re
+
+    cluster = pg_cluster_factory(name="status-names")
+    exact, _ = hooks(cluster)
+    cluster.make_backlog(2)
+    status_dir = cluster.data_dir / "pg_wal" / "archive_status"
+    owner = os.stat(status_dir)
+    for name in (
+        "00000002.history.ready",
+        "000000010000000000000009.partial.ready",
+        "000000010000000000000002.00000028.backup.ready",
+        "00000001000000000000000a.ready",  # lower-case hex is not a segment PostgreSQL names
+        "00000001000000000000000G.ready",
+        "0000000100000000000000FF0.ready",
+        "000000010000000000000042.done",
+        "0000000100000000000000F0.ready",  # a real segment name
+    ):
+        path = status_dir / name
+        path.touch()
+        os.chown(path, owner.st_uid, owner.st_gid)
+    truth = [name for name in os.listdir(status_dir) if re.fullmatch(r"[0-9A-F]{24}\.ready", name)]
+
+    assert exact.get_archiver_status().pending_segments == len(truth) == 3
