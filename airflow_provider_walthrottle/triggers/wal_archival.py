@@ -16,7 +16,6 @@ from airflow_provider_walthrottle.health import (
     evaluate_wal_archival,
     may_proceed,
 )
-from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -81,6 +80,8 @@ class WalArchivalTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check, then sleep ``poll_interval`` seconds, until one event can be fired."""
+        from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+
         flag = FeatureFlag(self.flag_variable, default=self.flag_default)
         hook = WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
         on_unavailable = OnUnavailable.parse(self.on_unavailable)
