@@ -59,6 +59,7 @@ class Migration:
     wal_bytes_per_row: float | None
     throttled_seconds: float
     created_at: datetime.datetime
+    fingerprint: str
     last_error: str | None = None
 
 
@@ -242,7 +243,7 @@ ON CONFLICT (name) DO NOTHING"""
                 )
         migration = self.load()
         self.key_type = migration.key_type
-        if self._fingerprint() != definition.fingerprint:
+        if migration.fingerprint != definition.fingerprint:
             raise MigrationDefinitionError(
                 f"migration name {definition.name!r} is already used in this database for another migration "
                 f"(a different table, column, scope or batch_sql); choose a new migration_name"
@@ -264,22 +265,12 @@ ON CONFLICT (name) DO NOTHING"""
         assert row is not None
         return row[0], row[1], row[2]
 
-    def _fingerprint(self) -> str:
-        with self.conn.transaction(), self.conn.cursor() as cursor:
-            cursor.execute(
-                sql.SQL("SELECT fingerprint FROM {} WHERE name = %s").format(queries.MIGRATIONS),
-                [self.definition.name],
-            )
-            row = cursor.fetchone()
-        assert row is not None
-        return str(row[0])
-
     def load(self, *, for_update: bool = False) -> Migration:
         """Return the migration's row (inside the current transaction when ``for_update``)."""
         query = sql.SQL(
             """
 SELECT name, key_type, min_key, max_key, total_rows, cursor_key, status, batch_size, rows_per_second,
-       wal_bytes_per_row, throttled_seconds, created_at, last_error
+       wal_bytes_per_row, throttled_seconds, created_at, fingerprint, last_error
 FROM {} WHERE name = %s{}"""
         ).format(queries.MIGRATIONS, sql.SQL(" FOR UPDATE") if for_update else sql.SQL(""))
         if for_update:
