@@ -32,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "KILL_SWITCH_VARIABLE",
     "WAL_HEALTH_FLAG",
     "FeatureFlag",
     "FlagState",
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 WAL_HEALTH_FLAG = "batched_migrations_health_status_wal"
 """Variable key of the flag that makes batched migrations throttle on the WAL archival backlog."""
+
+KILL_SWITCH_VARIABLE = "execute_batched_migrations_on_schedule"
+"""Variable key of the kill switch (on by default): off, every batched migration waits or skips."""
 
 ACCEPTED_FORMS = (
     "true/false, on/off, 1/0 or yes/no (any case, surrounding whitespace ignored), or a JSON object "

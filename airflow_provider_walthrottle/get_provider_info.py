@@ -48,4 +48,29 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_walthrottle.triggers.wal_archival"],
             }
         ],
+        "extra-links": ["airflow_provider_walthrottle.links.BatchedMigrationLink"],
+        "config": {
+            "walthrottle": {
+                "description": "The WAL throttle provider's migrations page in the Airflow UI.",
+                "options": {
+                    "ui_connection_ids": {
+                        "description": (
+                            "Comma-separated Airflow connection ids whose backlog and batched migrations "
+                            "the migrations page shows."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "warehouse_primary,billing_primary",
+                        "default": "postgres_default",
+                    },
+                    "max_pending_segments": {
+                        "description": "The threshold the migrations page compares each backlog with.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "42",
+                        "default": "42",
+                    },
+                },
+            }
+        },
     }

@@ -22,6 +22,7 @@ from airflow_provider_walthrottle.hooks.wal_archival_sql import (
     archiver_status_conversation,
     read_archiver_status,
 )
+from airflow_provider_walthrottle.migrations.queries import STATE_SCHEMA
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
 
     from airflow_provider_walthrottle.archiver_status import ArchiverStatus
+    from airflow_provider_walthrottle.migrations.catalog import MigrationSummary
 
 
 class WalArchivalHook(PostgresHook):
@@ -154,6 +156,57 @@ class WalArchivalHook(PostgresHook):
                 return done.value
             except psycopg.Error as error:
                 raise self._query_error(error) from None
+
+    def get_migrations(self, **filters: Any) -> list[MigrationSummary]:
+        """Read the database's batched migrations, with their last jobs and history.
+
+        :param filters: ``name``, ``dag_id``, ``run_id``, ``recent_jobs`` and ``history``, as
+            :func:`~airflow_provider_walthrottle.migrations.catalog.read_migrations` takes them.
+        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
+        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
+        :raises InsufficientPrivilegeError: if the role may not read the state tables.
+        """
+        from airflow_provider_walthrottle.migrations.catalog import read_migrations
+
+        with self.connect(read_only=True) as conn:
+            try:
+                return read_migrations(conn, **filters)
+            except psycopg.Error as error:
+                raise self._state_error(error, "read") from None
+
+    def set_migration_paused(self, name: str, paused: bool) -> str:
+        """Pause an active migration or resume a paused one; return its new status.
+
+        :param name: the migration.
+        :param paused: ``True`` to pause, ``False`` to resume.
+        :raises MigrationNotFoundError: no migration has that name.
+        :raises MigrationStatusError: it is finished or failed.
+        :raises InsufficientPrivilegeError: if the role may not update the state tables.
+        """
+        from airflow_provider_walthrottle.migrations.catalog import set_migration_paused
+
+        with self.connect() as conn:
+            try:
+                return set_migration_paused(conn, name, paused)
+            except psycopg.Error as error:
+                raise self._state_error(error, "update") from None
+
+    def _state_error(
+        self, error: psycopg.Error, action: str
+    ) -> DatabaseQueryError | InsufficientPrivilegeError:
+        """Turn a failed query on the state tables into one line that names the connection and the fix."""
+        if isinstance(error, psycopg.errors.InsufficientPrivilege):
+            login = self._get_airflow_connection().login
+            return InsufficientPrivilegeError(
+                f"Role '{login}' of connection '{self.conn_id}' may not {action} the batched migrations' "
+                f"state tables: {first_line(error)}; grant USAGE on schema {STATE_SCHEMA} and "
+                f"{'SELECT' if action == 'read' else 'SELECT, UPDATE'} on its tables"
+            )
+        return DatabaseQueryError(
+            f"Reading the batched migrations with {self.describe_target()} failed: {first_line(error)}"
+            if action == "read"
+            else f"Updating a batched migration with {self.describe_target()} failed: {first_line(error)}"
+        )
 
     @asynccontextmanager
     async def _async_read_only_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

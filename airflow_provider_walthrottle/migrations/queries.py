@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS {jobs} (
     sub_batches integer NOT NULL DEFAULT 0,
     duration_seconds double precision NOT NULL DEFAULT 0,
     wal_bytes bigint NOT NULL DEFAULT 0,
+    pending_segments integer,
     dag_id text,
     run_id text,
     try_number integer,
@@ -81,6 +82,15 @@ CREATE TABLE IF NOT EXISTS {jobs} (
         sql.Identifier("batched_migration_jobs_migration_status_idx"), JOBS
     ),
 )
+
+#: Pause an active migration or resume a paused one: ``[new status, name, old status]``; returns
+#: the name when the row changed.
+SET_STATUS = sql.SQL(
+    "UPDATE {} SET status = %s, updated_at = now() WHERE name = %s AND status = %s RETURNING name"
+).format(MIGRATIONS)
+
+#: Note the WAL backlog a job's last health check saw: ``[pending segments, job id]``.
+NOTE_JOB_BACKLOG = sql.SQL("UPDATE {} SET pending_segments = %s WHERE id = %s").format(JOBS)
 
 #: Serializes the creation of the state tables (transaction-scoped).
 LOCK_STATE_CREATION = sql.SQL("SELECT pg_advisory_xact_lock({}, 0)").format(sql.Literal(LOCK_NAMESPACE))

@@ -694,12 +694,16 @@ WHERE name = %s"""
         """
         new, old = ("paused", "active") if paused else ("active", "paused")
         with self.conn.transaction(), self.conn.cursor() as cursor:
-            cursor.execute(
-                sql.SQL(
-                    "UPDATE {} SET status = %s, updated_at = now() WHERE name = %s AND status = %s"
-                ).format(queries.MIGRATIONS),
-                [new, self.definition.name, old],
-            )
+            cursor.execute(queries.SET_STATUS, [new, self.definition.name, old])
+
+    def note_backlog(self, job_id: int, pending_segments: int) -> None:
+        """Keep the WAL backlog a job's last health check saw, for the migrations page's chart.
+
+        :param job_id: the job.
+        :param pending_segments: the segments that waited for ``archive_command``.
+        """
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(queries.NOTE_JOB_BACKLOG, [pending_segments, job_id])
 
     def begin_throttle(self) -> None:
         """Note that the migration waits on the WAL backlog, unless a wait is already open."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG, FeatureFlag
+from airflow_provider_walthrottle.flags import KILL_SWITCH_VARIABLE, WAL_HEALTH_FLAG, FeatureFlag
 from airflow_provider_walthrottle.health import (
     DEFAULT_MAX_PENDING_SEGMENTS,
     HealthUnavailableError,
@@ -18,6 +18,8 @@ from airflow_provider_walthrottle.health import (
     may_proceed,
     parse_max_pending_segments,
 )
+from airflow_provider_walthrottle.links import BatchedMigrationLink
+from airflow_provider_walthrottle.metrics import record_batch, record_health, record_throttle, task_stats
 from airflow_provider_walthrottle.migrations.definition import (
     MigrationDefinition,
     MigrationDefinitionError,
@@ -37,8 +39,6 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.migrations.runner import BatchResult, HealthVerdict
     from airflow_provider_walthrottle.migrations.store import MigrationStore
 
-#: The kill switch: with this Variable off, every batched migration waits (or skips).
-KILL_SWITCH_VARIABLE = "execute_batched_migrations_on_schedule"
 
 
 class BatchedMigrationOperator(BaseOperator):
@@ -165,6 +165,8 @@ class BatchedMigrationOperator(BaseOperator):
 
         return WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
 
+    operator_extra_links = (BatchedMigrationLink(),)
+
     def execute(self, context: Context) -> dict[str, Any]:
         """Run one batch; wait, skip or fail as the migration's state says."""
         try:
@@ -238,11 +240,16 @@ class BatchedMigrationOperator(BaseOperator):
         if not FeatureFlag(self.flag_variable, default=self.flag_default).is_enabled(self.migration_name):
             return HealthVerdict(proceed=True)
         health = evaluate_wal_archival(read_archiver_status(conn), threshold)
+        stats = task_stats()
+        record_health(stats, health, conn_id=self.postgres_conn_id, actor=self.migration_name)
         try:
             proceed = may_proceed(health, self.on_unavailable)
         except HealthUnavailableError as error:
             raise AirflowException(str(error)) from None
         if not proceed:
+            record_throttle(
+                stats, conn_id=self.postgres_conn_id, actor=self.migration_name, reason=health.signal.value
+            )
             self.log.info(
                 "WAL archival on %s: %s; stopping with progress committed",
                 self.postgres_conn_id,
@@ -254,6 +261,10 @@ class BatchedMigrationOperator(BaseOperator):
         from airflow_provider_walthrottle.migrations.runner import Outcome
 
         progress = result.progress
+        if result.job is not None and result.health is not None:
+            pending = result.health.status.pending_segments
+            if pending is not None:
+                store.note_backlog(result.job.id, pending)
         summary: dict[str, Any] = {
             "migration": self.migration_name,
             "outcome": result.outcome.value,
@@ -275,6 +286,13 @@ class BatchedMigrationOperator(BaseOperator):
             "batch_size": result.decision.size if result.decision else None,
         }
         if result.outcome is Outcome.COMPLETED:
+            record_batch(
+                task_stats(),
+                conn_id=self.postgres_conn_id,
+                migration=self.migration_name,
+                rows=result.rows_affected,
+                seconds=result.seconds,
+            )
             self.log.info(
                 "Migration %s: job %s (keys %s..%s) done, %s rows (%s in this try, %.1fs); "
                 "%.1f%% of %s keys, %s rows/s, ETA %s s (throttled %.0f s so far)",
@@ -296,6 +314,9 @@ class BatchedMigrationOperator(BaseOperator):
             if result.decision is not None and result.decision.must_wait:
                 # the backlog is below the threshold, but not by enough for the smallest batch:
                 # wait a fixed interval (the trigger would fire at once)
+                record_throttle(
+                    task_stats(), conn_id=self.postgres_conn_id, actor=self.migration_name, reason="headroom"
+                )
                 self._wait(f"throttled: {result.decision.describe()}", threshold=None)
             reason = result.health.summary() if result.health else "the WAL backlog is too long"
             self._wait(f"throttled: {reason}", threshold=threshold)

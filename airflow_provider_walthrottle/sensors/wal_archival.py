@@ -18,6 +18,7 @@ from airflow_provider_walthrottle.health import (
     may_proceed,
     parse_max_pending_segments,
 )
+from airflow_provider_walthrottle.metrics import record_health, record_throttle, task_stats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -148,10 +149,16 @@ class WalArchivalSensor(BaseSensorOperator):
             )
             return PokeReturnValue(is_done=True, xcom_value=self._unchecked_result())
         health = evaluate_wal_archival(self.hook.get_archiver_status(), threshold)
+        stats = task_stats()
+        record_health(stats, health, conn_id=self.postgres_conn_id, actor=self.dag_id)
         try:
             proceed = may_proceed(health, self.on_unavailable)
         except HealthUnavailableError as error:
             raise AirflowException(str(error)) from None
+        if not proceed:
+            record_throttle(
+                stats, conn_id=self.postgres_conn_id, actor=self.dag_id, reason=health.signal.value
+            )
         self.log.info(
             "WAL archival on %s: %s; %s",
             self.postgres_conn_id,

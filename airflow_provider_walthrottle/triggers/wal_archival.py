@@ -16,6 +16,7 @@ from airflow_provider_walthrottle.health import (
     evaluate_wal_archival,
     may_proceed,
 )
+from airflow_provider_walthrottle.metrics import record_health, triggerer_stats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -92,6 +93,7 @@ class WalArchivalTrigger(BaseTrigger):
                 return
             try:
                 health = evaluate_wal_archival(await hook.aget_archiver_status(), self.max_pending_segments)
+                record_health(triggerer_stats(), health, conn_id=self.postgres_conn_id, actor=self.actor)
                 proceed = may_proceed(health, on_unavailable)
             except (WalThrottleError, HealthUnavailableError) as error:
                 yield TriggerEvent({"status": "error", "message": str(error)})

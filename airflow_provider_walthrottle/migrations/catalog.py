@@ -1,0 +1,299 @@
+"""Every batched migration of one database as the migrations page shows it; pause and resume by name.
+
+The reads here span migrations (the :class:`~.store.MigrationStore` works on one definition): the
+migrations with their progress, their last jobs, and the history of batch sizes and WAL backlog
+drawn from the job table. A database where no migration ever ran has no state tables; it reads as
+no migrations.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from airflow_provider_walthrottle.migrations import queries
+
+if TYPE_CHECKING:
+    import psycopg
+
+#: Statuses a migration can be paused from, and resumed from.
+PAUSABLE, RESUMABLE = "active", "paused"
+
+_STATE_TABLES_EXIST = sql.SQL("SELECT to_regclass({}) IS NOT NULL AND to_regclass({}) IS NOT NULL").format(
+    sql.Literal(f"{queries.STATE_SCHEMA}.batched_migrations"),
+    sql.Literal(f"{queries.STATE_SCHEMA}.batched_migration_jobs"),
+)
+
+_MIGRATIONS = sql.SQL(
+    """
+SELECT m.name, m.table_schema, m.table_name, m.column_name, m.status, m.total_rows, m.cursor_key,
+       m.batch_size, m.rows_per_second, m.throttled_seconds, m.throttled_since, m.last_error,
+       m.created_at, m.updated_at, m.finished_at,
+       coalesce(sum(j.rows_affected), 0)::bigint AS rows_affected,
+       coalesce(sum(j.keys_done), 0)::bigint AS keys_done,
+       coalesce(sum(j.duration_seconds), 0)::float8 AS active_seconds,
+       count(j.id) FILTER (WHERE j.status = 'succeeded') AS jobs_succeeded,
+       count(j.id) FILTER (WHERE j.status NOT IN ('succeeded', 'split')) AS jobs_open,
+       now() AS read_at
+FROM {migrations} AS m LEFT JOIN {jobs} AS j ON j.migration_name = m.name
+WHERE (%(dag_id)s::text IS NULL OR EXISTS (
+    SELECT 1 FROM {jobs} AS f
+    WHERE f.migration_name = m.name AND f.dag_id = %(dag_id)s
+      AND (%(run_id)s::text IS NULL OR f.run_id = %(run_id)s)))
+  AND (%(name)s::text IS NULL OR m.name = %(name)s)
+GROUP BY m.name
+ORDER BY m.status = 'finished', m.updated_at DESC, m.name
+"""
+).format(migrations=queries.MIGRATIONS, jobs=queries.JOBS)
+
+_RECENT_JOBS = sql.SQL(
+    """
+SELECT * FROM (
+    SELECT j.*, row_number() OVER (PARTITION BY j.migration_name ORDER BY j.id DESC) AS recency
+    FROM {jobs} AS j WHERE j.migration_name = ANY(%(names)s)
+) AS ranked
+WHERE recency <= %(limit)s
+ORDER BY migration_name, id DESC
+"""
+).format(jobs=queries.JOBS)
+
+_HISTORY = sql.SQL(
+    """
+SELECT * FROM (
+    SELECT j.migration_name, j.finished_at AS at, j.planned_rows AS batch_size, j.pending_segments,
+           j.rows_affected, j.duration_seconds,
+           row_number() OVER (PARTITION BY j.migration_name ORDER BY j.finished_at DESC) AS recency
+    FROM {jobs} AS j
+    WHERE j.migration_name = ANY(%(names)s) AND j.finished_at IS NOT NULL
+) AS ranked
+WHERE recency <= %(limit)s
+ORDER BY migration_name, at
+"""
+).format(jobs=queries.JOBS)
+
+
+class MigrationNotFoundError(LookupError):
+    """No migration of that name in the database."""
+
+
+class MigrationStatusError(ValueError):
+    """The migration's status does not allow the change (e.g. resuming a finished migration)."""
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """One job (a claimed range of keys) as the migrations page lists it."""
+
+    id: int
+    start_key: str
+    end_key: str
+    planned_rows: int
+    status: str
+    attempts: int
+    rows_affected: int
+    keys_done: int
+    duration_seconds: float
+    wal_bytes: int
+    pending_segments: int | None
+    dag_id: str | None
+    run_id: str | None
+    try_number: int | None
+    last_error: str | None
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """A finished job on the migration's chart: its batch size and the backlog it last saw."""
+
+    at: datetime.datetime
+    batch_size: int
+    pending_segments: int | None
+    rows_affected: int
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class MigrationSummary:
+    """A migration with its progress, last jobs and history."""
+
+    name: str
+    table_schema: str
+    table_name: str
+    column_name: str
+    status: str
+    total_rows: int
+    cursor_key: str | None
+    batch_size: int
+    rows_per_second: float | None
+    throttled_seconds: float
+    throttled_since: datetime.datetime | None
+    last_error: str | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    finished_at: datetime.datetime | None
+    rows_affected: int
+    keys_done: int
+    active_seconds: float
+    jobs_succeeded: int
+    jobs_open: int
+    read_at: datetime.datetime
+    recent_jobs: tuple[JobSummary, ...] = ()
+    history: tuple[HistoryPoint, ...] = ()
+
+    @property
+    def table(self) -> str:
+        """``schema.table``."""
+        return f"{self.table_schema}.{self.table_name}"
+
+    @property
+    def throttling(self) -> bool:
+        """Whether the migration waits on the WAL backlog right now."""
+        return self.throttled_since is not None and self.status == "active"
+
+    @property
+    def throttled_seconds_total(self) -> float:
+        """Seconds spent throttled, the wait still open included."""
+        open_wait = (self.read_at - self.throttled_since).total_seconds() if self.throttled_since else 0.0
+        return self.throttled_seconds + max(open_wait, 0.0)
+
+    @property
+    def percentage(self) -> float:
+        """Share of the planned keys that are done, 0 to 100."""
+        if self.status == "finished" or self.total_rows == 0:
+            return 100.0
+        return min(100.0, 100.0 * self.keys_done / self.total_rows)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate achieved so far, time spent throttled included."""
+        elapsed = self.active_seconds + self.throttled_seconds_total
+        if self.status == "finished":
+            return 0.0
+        if self.keys_done == 0 or elapsed <= 0:
+            return None
+        return max(self.total_rows - self.keys_done, 0) * elapsed / self.keys_done
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the migration as JSON-ready values (timestamps in ISO 8601)."""
+        return _jsonable(
+            {
+                "name": self.name,
+                "table": self.table,
+                "column": self.column_name,
+                "status": self.status,
+                "throttling": self.throttling,
+                "total_keys": self.total_rows,
+                "keys_done": self.keys_done,
+                "rows_affected": self.rows_affected,
+                "percentage": round(self.percentage, 2),
+                "key_position": self.cursor_key,
+                "batch_size": self.batch_size,
+                "rows_per_second": self.rows_per_second,
+                "eta_seconds": self.eta_seconds,
+                "throttled_seconds": round(self.throttled_seconds_total, 1),
+                "throttled_since": self.throttled_since,
+                "jobs_succeeded": self.jobs_succeeded,
+                "jobs_open": self.jobs_open,
+                "last_error": self.last_error,
+                "created_at": self.created_at,
+                "updated_at": self.updated_at,
+                "finished_at": self.finished_at,
+                "recent_jobs": [vars(job) for job in self.recent_jobs],
+                "history": [vars(point) for point in self.history],
+            }
+        )
+
+
+def read_migrations(
+    conn: psycopg.Connection[Any],
+    *,
+    name: str | None = None,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    recent_jobs: int = 5,
+    history: int = 200,
+) -> list[MigrationSummary]:
+    """Return the database's migrations, unfinished ones first, most recently updated first.
+
+    :param conn: a connection to the database (read-only is enough).
+    :param name: only this migration.
+    :param dag_id: only migrations with a job run by this DAG.
+    :param run_id: with ``dag_id``: only migrations with a job run by this DAG run.
+    :param recent_jobs: how many of each migration's last jobs to include.
+    :param history: how many of each migration's last finished jobs to chart.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(_STATE_TABLES_EXIST)
+        row = cursor.fetchone()
+        if not row or not next(iter(row.values())):
+            return []
+        cursor.execute(_MIGRATIONS, {"name": name, "dag_id": dag_id, "run_id": run_id})
+        migrations = cursor.fetchall()
+        names = [migration["name"] for migration in migrations]
+        jobs: dict[str, list[JobSummary]] = {}
+        points: dict[str, list[HistoryPoint]] = {}
+        if names:
+            cursor.execute(_RECENT_JOBS, {"names": names, "limit": recent_jobs})
+            for job in cursor.fetchall():
+                jobs.setdefault(job["migration_name"], []).append(
+                    JobSummary(**{field: job[field] for field in JobSummary.__dataclass_fields__})
+                )
+            cursor.execute(_HISTORY, {"names": names, "limit": history})
+            for point in cursor.fetchall():
+                points.setdefault(point["migration_name"], []).append(
+                    HistoryPoint(**{field: point[field] for field in HistoryPoint.__dataclass_fields__})
+                )
+    return [
+        MigrationSummary(
+            **migration,
+            recent_jobs=tuple(jobs.get(migration["name"], ())),
+            history=tuple(points.get(migration["name"], ())),
+        )
+        for migration in migrations
+    ]
+
+
+def set_migration_paused(conn: psycopg.Connection[Any], name: str, paused: bool) -> str:
+    """Pause an active migration or resume a paused one; return its new status.
+
+    Pausing or resuming twice is not an error: the migration is already where it was asked to be.
+    Its tasks see the change at their next batch or sub-batch (a paused migration waits or skips).
+
+    :param conn: a connection to the database, allowed to update the state tables.
+    :param name: the migration.
+    :param paused: ``True`` to pause, ``False`` to resume.
+    :raises MigrationNotFoundError: no migration has that name.
+    :raises MigrationStatusError: it is finished or failed.
+    """
+    new, old = ("paused", PAUSABLE) if paused else ("active", RESUMABLE)
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(queries.SET_STATUS, [new, name, old])
+        if cursor.fetchone() is not None:
+            return new
+        cursor.execute(sql.SQL("SELECT status FROM {} WHERE name = %s").format(queries.MIGRATIONS), [name])
+        row = cursor.fetchone()
+    if row is None:
+        raise MigrationNotFoundError(f"no batched migration named {name!r} in this database")
+    status = str(row[0])
+    if status == new:
+        return status
+    raise MigrationStatusError(
+        f"migration {name!r} is {status}: only an active migration can be paused and only a paused one "
+        "resumed"
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    return value

@@ -1,0 +1,182 @@
+"""The plugin's FastAPI app in the api-server: the migrations page and its JSON endpoints.
+
+Airflow mounts a plugin's app under its ``url_prefix`` without any authentication of its own, so
+every route here depends on one of Airflow's authorization checks, the same ones its REST API uses
+(a Bearer token, or the UI's session cookie):
+
+=================================================  ======================================  ============
+route                                              check                                   SimpleAuth
+=================================================  ======================================  ============
+``GET /``, ``GET /api/overview``                   read DAGs (the ``dag_id`` asked, if any)  Viewer
+``POST /api/connections/{c}/migrations/{m}/pause``  edit DAGs                                 User
+``POST …/resume``                                  edit DAGs                                 User
+``PUT /api/flags/{variable_key}``                  edit that Variable                      Op
+=================================================  ======================================  ============
+
+Changes take JSON bodies only (``Content-Type: application/json``), which a form on another site
+cannot send with the session cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import VariableDetails
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag, requires_access_variable
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+
+from airflow_provider_walthrottle.exceptions import WalThrottleError
+from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
+from airflow_provider_walthrottle.migrations.catalog import MigrationNotFoundError, MigrationStatusError
+from airflow_provider_walthrottle.plugins import overview
+from airflow_provider_walthrottle.plugins.page import render_page
+
+log = logging.getLogger(__name__)
+
+
+class FlagChange(BaseModel):
+    """The body of ``PUT /api/flags/{variable_key}``."""
+
+    enabled: bool
+
+
+def require_json(request: Request) -> None:
+    """Refuse a change sent as anything but JSON (a cross-site form cannot send JSON)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the request with Content-Type: application/json"
+        )
+
+
+def _known_connection(conn_id: str) -> str:
+    if conn_id not in overview.configured_connection_ids():
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"connection {conn_id!r} is not in [walthrottle] ui_connection_ids",
+        )
+    return conn_id
+
+
+def _read_overview(dag_id: str | None, run_id: str | None) -> tuple[int, list[overview.ConnectionOverview]]:
+    threshold = overview.configured_threshold()
+    connections = [
+        overview.read_connection(conn_id, threshold, dag_id=dag_id, run_id=run_id if dag_id else None)
+        for conn_id in overview.configured_connection_ids()
+    ]
+    return threshold, connections
+
+
+def create_app() -> FastAPI:
+    """Build the app Airflow mounts at ``/walthrottle``."""
+    app = FastAPI(
+        title="Batched migrations (airflow-provider-walthrottle)",
+        description="The migrations page of the WAL throttle provider and its JSON API.",
+    )
+
+    @app.get(
+        "/",
+        response_class=HTMLResponse,
+        dependencies=[Depends(requires_access_dag("GET"))],
+        summary="The migrations page",
+    )
+    def migrations_page(
+        request: Request,
+        user: GetUserDep,
+        conn_id: Annotated[str | None, Query()] = None,
+        migration: Annotated[str | None, Query()] = None,
+        dag_id: Annotated[str | None, Query()] = None,
+        run_id: Annotated[str | None, Query()] = None,
+    ) -> HTMLResponse:
+        threshold, connections = _read_overview(dag_id, run_id)
+        auth_manager = get_auth_manager()
+        html = render_page(
+            connections,
+            overview.read_flags(),
+            threshold=threshold,
+            api_base=f"{request.scope.get('root_path', '')}/api",
+            can_pause=auth_manager.is_authorized_dag(method="PUT", user=user),
+            can_toggle_flags=auth_manager.is_authorized_variable(
+                method="PUT", details=VariableDetails(key=WAL_HEALTH_FLAG), user=user
+            ),
+            highlight=(conn_id, migration),
+            filters={"DAG": dag_id or "", "run": (run_id or "") if dag_id else ""},
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @app.get(
+        "/api/overview",
+        dependencies=[Depends(requires_access_dag("GET"))],
+        summary="Backlogs, migrations and flags, as JSON",
+    )
+    def read_overview(
+        dag_id: Annotated[str | None, Query()] = None,
+        run_id: Annotated[str | None, Query()] = None,
+    ) -> dict[str, Any]:
+        threshold, connections = _read_overview(dag_id, run_id)
+        return {
+            "threshold": threshold,
+            "flags": [flag.to_dict() for flag in overview.read_flags()],
+            "connections": [connection.to_dict() for connection in connections],
+        }
+
+    def change_status(conn_id: str, migration: str, paused: bool, user: Any) -> dict[str, Any]:
+        from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+
+        hook = WalArchivalHook(postgres_conn_id=_known_connection(conn_id))
+        try:
+            new_status = hook.set_migration_paused(migration, paused)
+        except MigrationNotFoundError as error:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+        except MigrationStatusError as error:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        except WalThrottleError as error:
+            raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(error)) from None
+        log.info(
+            "User %s %s migration %s on %s",
+            user.get_name(),
+            "paused" if paused else "resumed",
+            migration,
+            conn_id,
+        )
+        return {"conn_id": conn_id, "migration": migration, "status": new_status}
+
+    @app.post(
+        "/api/connections/{conn_id}/migrations/{migration}/pause",
+        dependencies=[Depends(requires_access_dag("PUT")), Depends(require_json)],
+        summary="Pause a migration: its tasks wait (or skip) until it is resumed",
+    )
+    def pause_migration(conn_id: str, migration: str, user: GetUserDep) -> dict[str, Any]:
+        return change_status(conn_id, migration, True, user)
+
+    @app.post(
+        "/api/connections/{conn_id}/migrations/{migration}/resume",
+        dependencies=[Depends(requires_access_dag("PUT")), Depends(require_json)],
+        summary="Resume a paused migration",
+    )
+    def resume_migration(conn_id: str, migration: str, user: GetUserDep) -> dict[str, Any]:
+        return change_status(conn_id, migration, False, user)
+
+    @app.put(
+        "/api/flags/{variable_key}",
+        dependencies=[Depends(requires_access_variable("PUT")), Depends(require_json)],
+        summary="Turn a flag Variable on or off",
+    )
+    def set_flag(variable_key: str, change: FlagChange, user: GetUserDep) -> dict[str, Any]:
+        if variable_key not in overview.FLAGS:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"{variable_key!r} is not a flag of this page; it changes {', '.join(overview.FLAGS)}",
+            )
+        try:
+            flag = overview.write_flag(variable_key, change.enabled)
+        except overview.FlagNotWritableError as error:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        log.info("User %s set Variable %s to %s", user.get_name(), variable_key, flag.raw)
+        return flag.to_dict()
+
+    return app
