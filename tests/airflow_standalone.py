@@ -527,6 +527,21 @@ class AirflowStandalone:
             self.token(renew=True)
             return self._request(method, path, body)
 
+    def get_text(self, path: str) -> str:
+        """GET a page as ``admin``; return its text.
+
+        :raises AirflowCommandError: on an HTTP error, with the status and the response.
+        """
+        request = urllib.request.Request(
+            self.base_url + path, headers={"Authorization": f"Bearer {self.token()}"}, method="GET"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return str(response.read().decode())
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")[:2000]
+            raise AirflowCommandError(f"GET {path}: HTTP {error.code}: {detail}") from None
+
     def _request(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
         headers = {"Accept": "application/json"}
         data = None

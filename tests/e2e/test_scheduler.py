@@ -30,6 +30,7 @@ import pytest
 from psycopg import sql
 
 from tests.airflow_standalone import AirflowCommandError, AirflowStandalone, make_home
+from tests.statsd_listener import StatsdListener
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -114,11 +115,30 @@ def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
 
 
 @pytest.fixture(scope="module")
-def airflow(database: PostgresCluster) -> Iterator[AirflowStandalone]:
+def statsd() -> Iterator[StatsdListener]:
+    """The StatsD server Airflow's metrics go to."""
+    with StatsdListener() as listener:
+        yield listener
+
+
+@pytest.fixture(scope="module")
+def airflow(database: PostgresCluster, statsd: StatsdListener) -> Iterator[AirflowStandalone]:
     """A real Airflow in a fresh home, with the test DAG; every process it started is stopped after."""
     home = make_home()
     instance = AirflowStandalone(
-        home, dags_folder=home / "dags", connections={CONN_ID: database.uri()}, parallelism=4
+        home,
+        dags_folder=home / "dags",
+        connections={CONN_ID: database.uri()},
+        parallelism=4,
+        config={
+            "metrics": {
+                "statsd_on": "True",
+                "statsd_host": "127.0.0.1",
+                "statsd_port": str(statsd.port),
+                "statsd_prefix": "airflow",
+            },
+            "walthrottle": {"ui_connection_ids": CONN_ID},
+        },
     )
     try:
         instance.prepare()
@@ -248,7 +268,9 @@ class Timer:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_throttled_migration_on_a_real_scheduler(airflow: AirflowStandalone, database: PostgresCluster):
+def test_throttled_migration_on_a_real_scheduler(
+    airflow: AirflowStandalone, database: PostgresCluster, statsd: StatsdListener
+):
     timer = Timer()
     database.make_backlog(BACKLOG)
     airflow.set_variable(FLAG, "true")
@@ -277,6 +299,13 @@ def test_throttled_migration_on_a_real_scheduler(airflow: AirflowStandalone, dat
     assert not state_tables_exist(database), "a batch ran while the backlog was above the threshold"
     assert rows_done(database) == {0: IN_SCOPE_ROWS}
     assert len(database.ready_segments()) >= BACKLOG
+    # metrics: the sensor's first check (in its task) counted a throttle event; the trigger's
+    # checks (in the triggerer) keep the backlog gauge up to date
+    assert statsd.lines(f"airflow.walthrottle.throttle_events.{DAG_ID}:") == [
+        f"airflow.walthrottle.throttle_events.{DAG_ID}:1|c"
+    ]
+    gauges = statsd.lines(f"airflow.walthrottle.wal.pending_segments.{CONN_ID}:")
+    assert len(gauges) >= checks and all(int(line.split(":")[1].split("|")[0]) >= BACKLOG for line in gauges)
     timer.step(f"1. throttled: sensor states {dict(seen)}, {checks} checks, no batch")
 
     # 2. the flag off: the trigger's next check lets the run go, and one batch is applied
@@ -287,6 +316,18 @@ def test_throttled_migration_on_a_real_scheduler(airflow: AirflowStandalone, dat
     assert {ti["try_number"] for ti in airflow.task_instances(DAG_ID, first)} == {1}
     assert "was turned off during the wait" in airflow.task_log(DAG_ID, first, SENSOR)
     assert rows_done(database) == {1: BATCH_SIZE, 0: IN_SCOPE_ROWS - BATCH_SIZE}
+    statsd.wait_for(
+        lambda lines: f"airflow.walthrottle.rows.{MIGRATION}:{BATCH_SIZE}|c" in lines,
+        prefix=f"airflow.walthrottle.rows.{MIGRATION}:",
+    )
+    batches = f"airflow.walthrottle.batches.{MIGRATION}:"
+    assert statsd.lines(batches) == [f"{batches}1|c"]
+    # the task's extra link leads to its migration on the migrations page, which shows it
+    links = airflow.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{first}/taskInstances/{BATCH}/links")
+    links = links["extra_links"]
+    assert links == {"Batched migration": f"/walthrottle/?conn_id={CONN_ID}&migration={MIGRATION}"}
+    page = airflow.get_text(links["Batched migration"])
+    assert MIGRATION in page and "tr id='migration-e2e_db-e2e_increment_counter' class=highlight" in page
     timer.step("2. flag off: the run went on and applied one batch")
 
     # 3. flag on again, backlog still above 42: a new run waits; the gate opens and it goes on
