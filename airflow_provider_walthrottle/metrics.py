@@ -113,7 +113,7 @@ def record_batch(stats: Any, *, conn_id: str, migration: str, rows: int, seconds
 def metric_name(base: str, subject: str) -> str:
     """Return ``<base>.<subject>`` with the characters StatsD does not allow replaced by ``_``.
 
-    :param base: one of this module's names, e.g. :data:`PENDING_SEGMENTS`.
+    :param base: one of this module's names, e.g. ``PENDING_SEGMENTS``.
     :param subject: the connection id, migration name or DAG id.
     """
     return f"{base}.{_INVALID_CHARACTERS.sub('_', subject)}"

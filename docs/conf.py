@@ -61,7 +61,7 @@ autoclass_content = "class"
 # (and only those): a broken reference to this package's own names still fails the build.
 nitpick_ignore_regex = [
     # Third-party libraries, by their qualified names.
-    (r"py:.*", r"(airflow|psycopg|pendulum|sqlalchemy|jinja2)(\..*)?"),
+    (r"py:.*", r"(airflow|psycopg|pendulum|sqlalchemy|jinja2|fastapi|pydantic|starlette)(\..*)?"),
     # The standard library.
     (r"py:.*", r"(datetime|enum|argparse|fractions|collections|typing|contextlib|pathlib)\..*"),
 ]
@@ -72,6 +72,8 @@ nitpick_ignore = [
     ("py:class", "DAG"),
     ("py:class", "PokeReturnValue"),
     ("py:class", "TriggerEvent"),
+    ("py:class", "BaseOperator"),
+    ("py:class", "TaskInstanceKey"),
 ]
 
 html_theme = "alabaster"

@@ -318,6 +318,7 @@ def main() -> int:
         connections={},  # set once PostgreSQL runs
         parallelism=4,
         serve_logs=True,
+        config={"walthrottle": {"ui_connection_ids": CONN_ID}},
     )
     code = 0
     cluster: PostgresCluster | None = None
@@ -394,6 +395,7 @@ def print_banner(airflow: AirflowStandalone, cluster: PostgresCluster) -> None:
         textwrap.dedent(
             f"""
             Airflow UI   {airflow.ui_url}   (DAG {DAG_ID}: Graph, Logs, XCom)
+            migrations   {airflow.ui_url}/plugin/batched-migrations   (Browse > Batched migrations)
             login        admin / {airflow.password}
             the flag     {FLAG} is on: the migration waits while more than {THRESHOLD} segments are pending.
                          Turn it off to see the migration run unthrottled (the backlog will grow):

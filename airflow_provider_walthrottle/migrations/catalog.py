@@ -171,11 +171,14 @@ class MigrationSummary:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Seconds left at the rate achieved so far, time spent throttled included."""
+        """Seconds left at the rate achieved so far, time spent throttled included.
+
+        ``None`` when it cannot be told: nothing done yet, or the migration is paused or failed.
+        """
         elapsed = self.active_seconds + self.throttled_seconds_total
         if self.status == "finished":
             return 0.0
-        if self.keys_done == 0 or elapsed <= 0:
+        if self.status != "active" or self.keys_done == 0 or elapsed <= 0:
             return None
         return max(self.total_rows - self.keys_done, 0) * elapsed / self.keys_done
 

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.migrations.store import MigrationStore
 
 
-
 class BatchedMigrationOperator(BaseOperator):
     """
     Run one batch of a named data migration, exactly once, throttled on the WAL archival backlog.

@@ -4,14 +4,11 @@ Airflow mounts a plugin's app under its ``url_prefix`` without any authenticatio
 every route here depends on one of Airflow's authorization checks, the same ones its REST API uses
 (a Bearer token, or the UI's session cookie):
 
-=================================================  ======================================  ============
-route                                              check                                   SimpleAuth
-=================================================  ======================================  ============
-``GET /``, ``GET /api/overview``                   read DAGs (the ``dag_id`` asked, if any)  Viewer
-``POST /api/connections/{c}/migrations/{m}/pause``  edit DAGs                                 User
-``POST …/resume``                                  edit DAGs                                 User
-``PUT /api/flags/{variable_key}``                  edit that Variable                      Op
-=================================================  ======================================  ============
+- ``GET /`` (the page) and ``GET /api/overview``: read DAGs, the ``dag_id`` asked if any
+  (SimpleAuthManager: Viewer);
+- ``POST /api/connections/{conn_id}/migrations/{migration}/pause`` and ``…/resume``: edit DAGs
+  (User);
+- ``PUT /api/flags/{variable_key}``: edit that Variable (Op).
 
 Changes take JSON bodies only (``Content-Type: application/json``), which a form on another site
 cannot send with the session cookie.

@@ -363,5 +363,12 @@ def test_the_page_in_chromium_shows_the_throttled_migration_and_its_buttons_work
             page.locator(f"tr#migration-{CONN_ID}-{PAUSED}").get_by_role("button", name="Pause").click()
             page.locator(f"tr#migration-{CONN_ID}-{PAUSED}").get_by_role("button", name="Resume").wait_for()
             assert migration_status(database, PAUSED) == "paused"
+
+            # inside the Airflow UI: the external view in the navigation, in an iframe
+            page.goto(f"{airflow_ui.base_url}/plugin/batched-migrations")
+            frame = page.frame_locator("iframe")
+            frame.get_by_role("heading", name="Batched migrations").wait_for(timeout=60_000)
+            assert THROTTLED in frame.locator("body").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "airflow-ui-batched-migrations.png"))
         finally:
             browser.close()
