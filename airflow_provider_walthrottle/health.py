@@ -58,6 +58,17 @@ class HealthSignal:
         }
 
 
+def exact_count_limit(max_pending_segments: int) -> int:
+    """Return the backlog up to which a check counts segments exactly: twice the threshold, at least 16.
+
+    Above it the LSN estimate is used; a backlog that far above the threshold stops migrations
+    either way, and counting thousands of ``.ready`` files costs the server a ``stat`` each.
+
+    :param max_pending_segments: the threshold.
+    """
+    return max(2 * max_pending_segments, 16)
+
+
 def parse_max_pending_segments(value: object) -> int:
     """Return the threshold as an int, or fail with one clear line.
 

@@ -110,3 +110,11 @@ def test_on_unavailable_parse(value):
 def test_on_unavailable_parse_lists_accepted_values():
     with pytest.raises(ValueError, match="'proceed', 'wait', 'fail', got 'skip'"):
         OnUnavailable.parse("skip")
+
+
+def test_the_exact_count_limit_is_twice_the_threshold_and_at_least_16():
+    from airflow_provider_walthrottle.health import exact_count_limit
+
+    assert exact_count_limit(42) == 84
+    assert exact_count_limit(3) == 16
+    assert exact_count_limit(0) == 16

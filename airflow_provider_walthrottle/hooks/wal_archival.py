@@ -123,8 +123,12 @@ class WalArchivalHook(PostgresHook):
         finally:
             conn.close()
 
-    def get_archiver_status(self) -> ArchiverStatus:
+    def get_archiver_status(self, *, exact_up_to: int | None = None) -> ArchiverStatus:
         """Measure the archiver's state and backlog once.
+
+        :param exact_up_to: count exactly only while the LSN estimate is at most this many
+            segments (see :func:`~.wal_archival_sql.archiver_status_conversation`); ``None``, the
+            default: always count exactly when the role may.
 
         :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
         :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
@@ -132,20 +136,22 @@ class WalArchivalHook(PostgresHook):
         """
         with self.connect(read_only=True) as conn:
             try:
-                return read_archiver_status(conn)
+                return read_archiver_status(conn, exact_up_to=exact_up_to)
             except psycopg.Error as error:
                 raise self._query_error(error) from None
 
-    async def aget_archiver_status(self) -> ArchiverStatus:
+    async def aget_archiver_status(self, *, exact_up_to: int | None = None) -> ArchiverStatus:
         """Measure the archiver's state and backlog once, with psycopg's ``AsyncConnection``.
 
         Reading the Airflow connection is the only blocking step; it runs in a worker thread.
+
+        :param exact_up_to: as for :meth:`get_archiver_status`.
 
         :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
         :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
         :raises InsufficientPrivilegeError: if the role may not even read the archiver statistics.
         """
-        conversation = archiver_status_conversation()
+        conversation = archiver_status_conversation(exact_up_to=exact_up_to)
         async with self._async_read_only_connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             try:
                 query = next(conversation)

@@ -73,12 +73,13 @@ WHERE length(name) = 30 AND right(name, 6) = '.ready' AND ltrim(left(name, 24), 
 StatusConversation = Generator[sql.SQL | sql.Composed, list[dict[str, Any]], ArchiverStatus]
 
 
-def read_archiver_status(conn: psycopg.Connection[Any]) -> ArchiverStatus:
+def read_archiver_status(conn: psycopg.Connection[Any], *, exact_up_to: int | None = None) -> ArchiverStatus:
     """Measure the archiver's state on an open connection, in a transaction of its own.
 
     :param conn: a psycopg connection in autocommit mode (or with no transaction open).
+    :param exact_up_to: see :func:`archiver_status_conversation`.
     """
-    conversation = archiver_status_conversation()
+    conversation = archiver_status_conversation(exact_up_to=exact_up_to)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         try:
             query = next(conversation)
@@ -89,16 +90,26 @@ def read_archiver_status(conn: psycopg.Connection[Any]) -> ArchiverStatus:
             return done.value
 
 
-def archiver_status_conversation() -> StatusConversation:
+def archiver_status_conversation(*, exact_up_to: int | None = None) -> StatusConversation:
     """Yield the queries that measure the archiver's state, and return the status they describe.
 
     The exact count is asked for only when the role may list ``archive_status``, so that a role
     without ``pg_monitor`` never fills the server log with "permission denied".
+
+    :param exact_up_to: count exactly only while the LSN estimate is at most this many segments;
+        above it, return the estimate. Listing ``archive_status`` costs a ``stat`` per file (about
+        5 ms at 1,000 pending segments, 50 ms at 10,000, on a server that is already behind), while
+        the estimate costs nothing more; far above the threshold the exact number would not change
+        the decision. An estimate too high only makes a migration wait, never run. ``None``: always
+        count exactly.
     """
     rows = yield ARCHIVER_STATE
     state = ServerArchiverState(**rows[0])
-    ready_segments = None
-    if state.can_list_archive_status:
-        rows = yield READY_SEGMENT_COUNT
-        ready_segments = int(rows[0]["count"])
-    return build_archiver_status(state, ready_segments)
+    if not state.can_list_archive_status:
+        return build_archiver_status(state, None)
+    if exact_up_to is not None:
+        estimate = build_archiver_status(state, None)
+        if estimate.pending_segments is not None and estimate.pending_segments > exact_up_to:
+            return estimate
+    rows = yield READY_SEGMENT_COUNT
+    return build_archiver_status(state, int(rows[0]["count"]))

@@ -15,6 +15,7 @@ from airflow_provider_walthrottle.health import (
     HealthUnavailableError,
     OnUnavailable,
     evaluate_wal_archival,
+    exact_count_limit,
     may_proceed,
     parse_max_pending_segments,
 )
@@ -238,7 +239,8 @@ class BatchedMigrationOperator(BaseOperator):
 
         if not FeatureFlag(self.flag_variable, default=self.flag_default).is_enabled(self.migration_name):
             return HealthVerdict(proceed=True)
-        health = evaluate_wal_archival(read_archiver_status(conn), threshold)
+        status = read_archiver_status(conn, exact_up_to=exact_count_limit(threshold))
+        health = evaluate_wal_archival(status, threshold)
         stats = task_stats()
         record_health(stats, health, conn_id=self.postgres_conn_id, actor=self.migration_name)
         try:

@@ -15,6 +15,7 @@ from airflow_provider_walthrottle.health import (
     HealthUnavailableError,
     OnUnavailable,
     evaluate_wal_archival,
+    exact_count_limit,
     may_proceed,
     parse_max_pending_segments,
 )
@@ -148,7 +149,9 @@ class WalArchivalSensor(BaseSensorOperator):
                 self.flag_variable,
             )
             return PokeReturnValue(is_done=True, xcom_value=self._unchecked_result())
-        health = evaluate_wal_archival(self.hook.get_archiver_status(), threshold)
+        health = evaluate_wal_archival(
+            self.hook.get_archiver_status(exact_up_to=exact_count_limit(threshold)), threshold
+        )
         stats = task_stats()
         record_health(stats, health, conn_id=self.postgres_conn_id, actor=self.dag_id)
         try:

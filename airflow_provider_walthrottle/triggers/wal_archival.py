@@ -14,6 +14,7 @@ from airflow_provider_walthrottle.health import (
     HealthUnavailableError,
     OnUnavailable,
     evaluate_wal_archival,
+    exact_count_limit,
     may_proceed,
 )
 from airflow_provider_walthrottle.metrics import record_health, triggerer_stats
@@ -92,7 +93,10 @@ class WalArchivalTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "success", "checked": False, "health": None})
                 return
             try:
-                health = evaluate_wal_archival(await hook.aget_archiver_status(), self.max_pending_segments)
+                status = await hook.aget_archiver_status(
+                    exact_up_to=exact_count_limit(self.max_pending_segments)
+                )
+                health = evaluate_wal_archival(status, self.max_pending_segments)
                 record_health(triggerer_stats(), health, conn_id=self.postgres_conn_id, actor=self.actor)
                 proceed = may_proceed(health, on_unavailable)
             except (WalThrottleError, HealthUnavailableError) as error:

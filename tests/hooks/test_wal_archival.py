@@ -266,8 +266,8 @@ def test_the_hook_changes_nothing(pg_drained, hooks):
     assert pg_drained.execute("SELECT count(*) FROM pg_class") == objects_before
 
 
-async def _async_status(hook):
-    return await hook.aget_archiver_status()
+async def _async_status(hook, **kwargs):
+    return await hook.aget_archiver_status(**kwargs)
 
 
 def test_async_measurement_agrees_with_sync(pg_drained, hooks):
@@ -323,3 +323,19 @@ def test_exact_count_takes_only_real_segment_names(pg_cluster_factory, hooks):
     truth = [name for name in os.listdir(status_dir) if re.fullmatch(r"[0-9A-F]{24}\.ready", name)]
 
     assert exact.get_archiver_status().pending_segments == len(truth) == 3
+
+
+def test_far_above_the_limit_the_estimate_replaces_the_exact_count(pg_drained, hooks):
+    import asyncio
+
+    exact, _ = hooks(pg_drained)
+    pg_drained.archive_one_segment()
+    pg_drained.make_backlog(7)
+
+    at_limit = exact.get_archiver_status(exact_up_to=7)
+    above = exact.get_archiver_status(exact_up_to=6)
+    above_async = asyncio.run(_async_status(exact, exact_up_to=6))
+
+    assert (at_limit.method, at_limit.pending_segments) == (BacklogMethod.EXACT, 7)
+    assert (above.method, above.pending_segments) == (BacklogMethod.LSN, 7)
+    assert (above_async.method, above_async.pending_segments) == (BacklogMethod.LSN, 7)
