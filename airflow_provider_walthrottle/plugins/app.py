@@ -6,7 +6,7 @@ every route here depends on one of Airflow's authorization checks, the same ones
 
 - ``GET /`` (the page) and ``GET /api/overview``: read DAGs, the ``dag_id`` asked if any
   (SimpleAuthManager: Viewer);
-- ``POST /api/connections/{conn_id}/migrations/{migration}/pause`` and ``…/resume``: edit DAGs
+- ``POST /api/connections/{conn_id}/migrations/{migration}/pause`` (or ``/resume``): edit DAGs
   (User);
 - ``PUT /api/flags/{variable_key}``: edit that Variable (Op).
 
@@ -17,7 +17,7 @@ cannot send with the session cookie.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.resource_details import VariableDetails
@@ -121,42 +121,27 @@ def create_app() -> FastAPI:
             "connections": [connection.to_dict() for connection in connections],
         }
 
-    def change_status(conn_id: str, migration: str, paused: bool, user: Any) -> dict[str, Any]:
+    @app.post(
+        "/api/connections/{conn_id}/migrations/{migration}/{action}",
+        dependencies=[Depends(requires_access_dag("PUT")), Depends(require_json)],
+        summary="Pause a migration (its tasks wait or skip until it is resumed), or resume it",
+    )
+    def pause_or_resume_migration(
+        conn_id: str, migration: str, action: Literal["pause", "resume"], user: GetUserDep
+    ) -> dict[str, Any]:
         from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
         hook = WalArchivalHook(postgres_conn_id=_known_connection(conn_id))
         try:
-            new_status = hook.set_migration_paused(migration, paused)
+            new_status = hook.set_migration_paused(migration, action == "pause")
         except MigrationNotFoundError as error:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
         except MigrationStatusError as error:
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
         except WalThrottleError as error:
             raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(error)) from None
-        log.info(
-            "User %s %s migration %s on %s",
-            user.get_name(),
-            "paused" if paused else "resumed",
-            migration,
-            conn_id,
-        )
+        log.info("User %s: %s migration %s on %s", user.get_name(), action, migration, conn_id)
         return {"conn_id": conn_id, "migration": migration, "status": new_status}
-
-    @app.post(
-        "/api/connections/{conn_id}/migrations/{migration}/pause",
-        dependencies=[Depends(requires_access_dag("PUT")), Depends(require_json)],
-        summary="Pause a migration: its tasks wait (or skip) until it is resumed",
-    )
-    def pause_migration(conn_id: str, migration: str, user: GetUserDep) -> dict[str, Any]:
-        return change_status(conn_id, migration, True, user)
-
-    @app.post(
-        "/api/connections/{conn_id}/migrations/{migration}/resume",
-        dependencies=[Depends(requires_access_dag("PUT")), Depends(require_json)],
-        summary="Resume a paused migration",
-    )
-    def resume_migration(conn_id: str, migration: str, user: GetUserDep) -> dict[str, Any]:
-        return change_status(conn_id, migration, False, user)
 
     @app.put(
         "/api/flags/{variable_key}",

@@ -7,6 +7,7 @@ a Variable is escaped.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from html import escape
@@ -25,6 +26,16 @@ REFRESH_SECONDS = 15
 
 def _asset(name: str) -> str:
     return (files("airflow_provider_walthrottle.plugins") / "assets" / name).read_text(encoding="utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every part of the page needs to know besides its own data."""
+
+    threshold: int
+    api_base: str
+    can_pause: bool
+    highlight: tuple[str | None, str | None]
 
 
 def render_page(
@@ -70,12 +81,8 @@ def render_page(
             "<div class='card'>No connection is configured: set <code>[walthrottle] ui_connection_ids</code> "
             "to a comma-separated list of Airflow connection ids.</div>"
         )
-    for overview in connections:
-        parts.append(
-            _render_connection(
-                overview, threshold=threshold, api_base=api_base, can_pause=can_pause, highlight=highlight
-            )
-        )
+    context = _Context(threshold=threshold, api_base=api_base, can_pause=can_pause, highlight=highlight)
+    parts.extend(_render_connection(overview, context) for overview in connections)
     parts.append(f"<script>{_asset('migrations.js')}</script></body></html>")
     return "".join(parts)
 
@@ -100,14 +107,8 @@ def _render_flags(flags: Sequence[FlagView], *, api_base: str, can_toggle: bool)
     )
 
 
-def _render_connection(
-    overview: ConnectionOverview,
-    *,
-    threshold: int,
-    api_base: str,
-    can_pause: bool,
-    highlight: tuple[str | None, str | None],
-) -> str:
+def _render_connection(overview: ConnectionOverview, context: _Context) -> str:
+    threshold = context.threshold
     head = f"<h2>Connection <code>{escape(overview.conn_id)}</code></h2>"
     if overview.error:
         return f"<div class='card'>{head}<p class='error'>{escape(overview.error)}</p></div>"
@@ -134,20 +135,12 @@ def _render_connection(
     if not overview.migrations:
         body = "<p class='muted'>No batched migration in this database yet.</p>"
     else:
-        body = _render_migrations(
-            overview, threshold=threshold, api_base=api_base, can_pause=can_pause, highlight=highlight
-        )
+        body = _render_migrations(overview, context)
     return f"<div class='card' id='conn-{escape(overview.conn_id)}'>{head}{summary}{body}</div>"
 
 
-def _render_migrations(
-    overview: ConnectionOverview,
-    *,
-    threshold: int,
-    api_base: str,
-    can_pause: bool,
-    highlight: tuple[str | None, str | None],
-) -> str:
+def _render_migrations(overview: ConnectionOverview, context: _Context) -> str:
+    highlight, can_pause = context.highlight, context.can_pause
     rows = []
     details = []
     for migration in overview.migrations:
@@ -155,7 +148,7 @@ def _render_migrations(
             highlight[0] is None and highlight[1] == migration.name
         )
         status = "throttled" if migration.throttling else migration.status
-        url = f"{api_base}/connections/{_q(overview.conn_id)}/migrations/{_q(migration.name)}"
+        url = f"{context.api_base}/connections/{_q(overview.conn_id)}/migrations/{_q(migration.name)}"
         if migration.status == "paused":
             action = _button("Resume", "POST", f"{url}/resume", {}, enabled=can_pause, refused=_NO_PAUSE)
         elif migration.status == "active":
@@ -180,7 +173,7 @@ def _render_migrations(
         details.append(
             f"<details{' open' if chosen or len(overview.migrations) == 1 else ''}>"
             f"<summary><b>{escape(migration.name)}</b>: last jobs and history</summary>{error}"
-            f"{_chart(migration.history, threshold=threshold)}{_jobs_table(migration)}</details>"
+            f"{_chart(migration.history, threshold=context.threshold)}{_jobs_table(migration)}</details>"
         )
     return (
         "<h3>Migrations</h3><table><thead><tr><th>Migration</th><th>Status</th><th>Progress</th>"
