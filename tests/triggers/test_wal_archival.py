@@ -101,3 +101,40 @@ def test_on_unavailable_fail_fires_an_error_event(monkeypatch, pg_cluster_factor
 
     assert event.payload["status"] == "error"
     assert "archive_mode is off" in event.payload["message"]
+
+
+def test_the_event_loop_keeps_running_while_the_trigger_waits_on_a_silent_server(monkeypatch):
+    """A server that accepts the connection and never answers: a blocking call would stall the loop."""
+    monkeypatch.setenv(FLAG_ENV, "true")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_TRIGGER_SILENT",
+            f'postgresql://u:p@127.0.0.1:{port}/db?__extra__={{"connect_timeout": 3}}',
+        )
+
+        async def scenario():
+            ticks = 0
+
+            async def heartbeat():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.05)
+                    ticks += 1
+
+            beating = asyncio.ensure_future(heartbeat())
+            started = asyncio.get_running_loop().time()
+            event = await first_event(make_trigger("trigger_silent"), 30)
+            elapsed = asyncio.get_running_loop().time() - started
+            beating.cancel()
+            return event, ticks, elapsed
+
+        event, ticks, elapsed = asyncio.run(scenario())
+
+    assert event.payload["status"] == "error"
+    assert "trigger_silent" in event.payload["message"]
+    assert elapsed >= 2.5, f"the connection attempt ended after {elapsed:.1f}s, before its timeout"
+    # the heartbeat ran all along (a blocking connect would have frozen it for the whole timeout)
+    assert ticks >= elapsed / 0.05 * 0.5, f"{ticks} heartbeats in {elapsed:.1f}s"
