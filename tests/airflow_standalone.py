@@ -5,7 +5,7 @@ the harness so that it can bind the api-server to 127.0.0.1 on a free port, skip
 servers, keep one log file per component, and stop every process it started::
 
     <home>/airflow.cfg            every setting (so `AIRFLOW_HOME=<home> airflow ...` just works)
-    <home>/airflow.db             the SQLite metadata database
+    <home>/airflow.db             the SQLite metadata database (unless given a PostgreSQL one)
     <home>/components/<name>.log  stdout and stderr of each component
     <home>/logs/                  task logs, as Airflow writes them
     <home>/simple_auth_manager_passwords.json.generated   the admin password
@@ -118,6 +118,9 @@ class AirflowStandalone:
     :param config: more settings, ``{section: {key: value}}``, applied last.
     :param components: the components to start, a subset of :data:`COMPONENTS` (a test of the UI
         needs only the api-server).
+    :param metadata_db: a SQLAlchemy URL of an empty PostgreSQL database for Airflow's metadata;
+        by default a SQLite file in the home. Several components writing at once (a scheduler and
+        ``airflow backfill create``) can make SQLite refuse a write at once, "database is locked".
     """
 
     def __init__(
@@ -131,8 +134,10 @@ class AirflowStandalone:
         serve_logs: bool = False,
         config: Mapping[str, Mapping[str, str]] | None = None,
         components: Iterable[str] = COMPONENTS,
+        metadata_db: str | None = None,
     ) -> None:
         self.home = home
+        self.metadata_db = metadata_db
         self.components = tuple(name for name in COMPONENTS if name in set(components))
         self.dags_folder = dags_folder
         self.connections = dict(connections or {})
@@ -198,12 +203,16 @@ class AirflowStandalone:
                 "dags_are_paused_at_creation": "True",
                 "unit_test_mode": "False",
             },
-            "database": {
-                "sql_alchemy_conn": f"sqlite:///{self.home / 'airflow.db'}",
-                # wait for SQLite's lock instead of failing after its default 5 s: the scheduler,
-                # dag-processor, triggerer, api-server and CLI calls all write the same file
-                "sql_alchemy_connect_args": f"{SQLITE_SETTINGS_MODULE}.CONNECT_ARGS",
-            },
+            "database": (
+                {"sql_alchemy_conn": self.metadata_db}
+                if self.metadata_db
+                else {
+                    "sql_alchemy_conn": f"sqlite:///{self.home / 'airflow.db'}",
+                    # wait for SQLite's lock instead of failing after its default 5 s: the scheduler,
+                    # dag-processor, triggerer, api-server and CLI calls all write the same file
+                    "sql_alchemy_connect_args": f"{SQLITE_SETTINGS_MODULE}.CONNECT_ARGS",
+                }
+            ),
             "api": {
                 "host": HOST,
                 "port": str(self.api_port),

@@ -1,4 +1,5 @@
-"""End to end on a real Airflow: scheduler, dag-processor, triggerer and api-server, LocalExecutor.
+"""End to end on a real Airflow: scheduler, dag-processor, triggerer and api-server, LocalExecutor,
+its metadata in PostgreSQL.
 
 One scenario, against a throwaway PostgreSQL whose archiver is gated, with a DAG built with
 :func:`~airflow_provider_walthrottle.wal_throttled_migration` (written into the DAGs folder, as a
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from psycopg import sql
 
-from tests.airflow_standalone import AirflowCommandError, AirflowStandalone, make_home
+from tests.airflow_standalone import AirflowStandalone, make_home
 from tests.statsd_listener import StatsdListener
 
 if TYPE_CHECKING:
@@ -122,12 +123,27 @@ def statsd() -> Iterator[StatsdListener]:
 
 
 @pytest.fixture(scope="module")
-def airflow(database: PostgresCluster, statsd: StatsdListener) -> Iterator[AirflowStandalone]:
+def metadata_db(pg_cluster_factory: ClusterFactory) -> str:
+    """A PostgreSQL database for Airflow's metadata, on a cluster of its own (no archiving).
+
+    SQLite, Airflow's default here, refuses a write at once when a lock upgrade would deadlock,
+    which `airflow backfill create` met while the scheduler wrote; PostgreSQL waits instead.
+    """
+    cluster = pg_cluster_factory(name="e2e-airflow-metadata", archive_mode="off")
+    cluster.execute("CREATE DATABASE airflow")
+    return cluster.uri(dbname="airflow").replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture(scope="module")
+def airflow(
+    database: PostgresCluster, statsd: StatsdListener, metadata_db: str
+) -> Iterator[AirflowStandalone]:
     """A real Airflow in a fresh home, with the test DAG; every process it started is stopped after."""
     home = make_home()
     instance = AirflowStandalone(
         home,
         dags_folder=home / "dags",
+        metadata_db=metadata_db,
         connections={CONN_ID: database.uri()},
         parallelism=4,
         config={
@@ -344,20 +360,10 @@ def test_throttled_migration_on_a_real_scheduler(
     timer.step("3. drained: the waiting run went on and applied one batch")
 
     # 4. a backfill over six logical dates, four runs at a time: five batches, then nothing left
-    # On SQLite, `backfill create` can lose the write lock to the scheduler at once ("database is
-    # locked": SQLite does not wait when a reader's lock upgrade would deadlock). Its transaction
-    # then rolls back and creates no run, so it is run again; any other failure fails the test.
-    for attempt in range(3):
-        try:
-            airflow.airflow(
-                "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_FROM,
-                "--to-date", BACKFILL_TO, "--max-active-runs", "4",
-            )  # fmt: skip
-            break
-        except AirflowCommandError as error:
-            locked = "database is locked" in str(error)
-            if not locked or attempt == 2 or airflow.dag_runs(DAG_ID, run_type="backfill"):
-                raise
+    airflow.airflow(
+        "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_FROM,
+        "--to-date", BACKFILL_TO, "--max-active-runs", "4",
+    )  # fmt: skip
     backfill_ids = [run["dag_run_id"] for run in airflow.dag_runs(DAG_ID, run_type="backfill")]
     assert len(backfill_ids) == BACKFILL_DATES, backfill_ids
     most_running = 0
