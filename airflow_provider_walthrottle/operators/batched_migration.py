@@ -180,6 +180,12 @@ class BatchedMigrationOperator(BaseOperator):
             threshold = parse_max_pending_segments(self.max_pending_segments)
         except ValueError as error:
             raise AirflowFailException(str(error)) from None
+        if not FeatureFlag(self.kill_switch_variable, default=True).is_enabled(self.migration_name):
+            # before connecting: nothing is registered or created while everything is paused
+            return self._paused(
+                f"the kill switch Variable {self.kill_switch_variable} is off "
+                f"(turn it on with `airflow variables set {self.kill_switch_variable} true`)"
+            )
         from airflow_provider_walthrottle.migrations.runner import prepare
 
         with self.hook.connect() as conn:
@@ -201,11 +207,6 @@ class BatchedMigrationOperator(BaseOperator):
 
         conn = store.conn
         store.end_throttle()
-        if not FeatureFlag(self.kill_switch_variable, default=True).is_enabled(self.migration_name):
-            return self._paused(
-                f"the kill switch Variable {self.kill_switch_variable} is off "
-                f"(turn it on with `airflow variables set {self.kill_switch_variable} true`)"
-            )
         settings = RunSettings(
             sub_batch_size=self.sub_batch_size,
             pause_ms=self.pause_ms,

@@ -84,6 +84,8 @@ def test_kill_switch_off_skips_with_a_clear_message(connection, monkeypatch):
 
     assert task_states(run_dag(dag)) == {"batch": "skipped"}
     assert set(counter_histogram(connection, "op_kill_switch")) == {(True, 0), (False, 0)}
+    # checked before connecting: nothing was registered, not even the state tables
+    assert connection.execute("SELECT to_regnamespace('walthrottle')") == [(None,)]
 
 
 def test_bad_table_fails_before_any_row_is_touched(connection):
