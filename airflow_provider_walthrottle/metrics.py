@@ -31,7 +31,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_provider_walthrottle.health import HealthSignal
+    from airflow_provider_walthrottle.health import HealthSignal, OnUnavailable
 
 PREFIX = "walthrottle"
 PENDING_SEGMENTS = f"{PREFIX}.wal.pending_segments"
@@ -80,6 +80,27 @@ def record_health(stats: Any, health: HealthSignal, *, conn_id: str, actor: str 
     if health.status.pending_segments is not None:
         stats.gauge(metric_name(PENDING_SEGMENTS, conn_id), health.status.pending_segments, tags=tags)
     stats.gauge(metric_name(THRESHOLD, conn_id), health.max_pending_segments, tags=tags)
+
+
+def record_decision(
+    stats: Any, health: HealthSignal, on_unavailable: OnUnavailable, *, conn_id: str, actor: str | None
+) -> bool:
+    """Decide whether the caller may go on, sending the backlog and, if it stops, a throttle event.
+
+    :param stats: the stats module, from :func:`task_stats`.
+    :param health: the evaluated check.
+    :param on_unavailable: what "not available" and "unknown" mean.
+    :param conn_id: the Airflow connection the check was made on.
+    :param actor: the migration or DAG that asked.
+    :raises HealthUnavailableError: as :func:`~airflow_provider_walthrottle.health.may_proceed`.
+    """
+    from airflow_provider_walthrottle.health import may_proceed
+
+    record_health(stats, health, conn_id=conn_id, actor=actor)
+    proceed = may_proceed(health, on_unavailable)
+    if not proceed:
+        record_throttle(stats, conn_id=conn_id, actor=actor, reason=health.signal.value)
+    return proceed
 
 
 def record_throttle(stats: Any, *, conn_id: str, actor: str | None, reason: str) -> None:

@@ -152,3 +152,21 @@ def test_the_operator_sends_its_batch_and_backlog_metrics(task_statsd, monkeypat
     # a check before the batch and between sub-batches: one pair of gauges each
     assert sum(line.startswith("airflow.walthrottle.wal.pending_segments.metrics_db:") for line in lines) >= 5
     assert not any("throttle_events" in line for line in lines)
+
+
+def test_a_decision_to_stop_is_counted_and_one_to_go_on_is_not(statsd):
+    from airflow_provider_walthrottle.health import OnUnavailable
+    from airflow_provider_walthrottle.metrics import record_decision
+
+    stats, listener = statsd
+    stop = evaluate_wal_archival(status(43), 42)
+    go_on = evaluate_wal_archival(status(42), 42)
+    assert record_decision(stats, stop, OnUnavailable.WAIT, conn_id="warehouse", actor="m") is False
+    assert record_decision(stats, go_on, OnUnavailable.WAIT, conn_id="warehouse", actor="m") is True
+    lines = listener.wait_for(lambda lines: len(lines) == 5, prefix="airflow.walthrottle.")
+    events = [line for line in lines if "throttle_events" in line]
+    assert events == ["airflow.walthrottle.throttle_events.m:1|c"]
+    assert [line for line in lines if "pending_segments" in line] == [
+        "airflow.walthrottle.wal.pending_segments.warehouse:43|g",
+        "airflow.walthrottle.wal.pending_segments.warehouse:42|g",
+    ]

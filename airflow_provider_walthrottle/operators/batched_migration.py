@@ -16,11 +16,10 @@ from airflow_provider_walthrottle.health import (
     OnUnavailable,
     evaluate_wal_archival,
     exact_count_limit,
-    may_proceed,
     parse_max_pending_segments,
 )
 from airflow_provider_walthrottle.links import BatchedMigrationLink
-from airflow_provider_walthrottle.metrics import record_batch, record_health, record_throttle, task_stats
+from airflow_provider_walthrottle.metrics import record_batch, record_decision, record_throttle, task_stats
 from airflow_provider_walthrottle.migrations.definition import (
     MigrationDefinition,
     MigrationDefinitionError,
@@ -242,16 +241,17 @@ class BatchedMigrationOperator(BaseOperator):
             return HealthVerdict(proceed=True)
         status = read_archiver_status(conn, exact_up_to=exact_count_limit(threshold))
         health = evaluate_wal_archival(status, threshold)
-        stats = task_stats()
-        record_health(stats, health, conn_id=self.postgres_conn_id, actor=self.migration_name)
         try:
-            proceed = may_proceed(health, self.on_unavailable)
+            proceed = record_decision(
+                task_stats(),
+                health,
+                self.on_unavailable,
+                conn_id=self.postgres_conn_id,
+                actor=self.migration_name,
+            )
         except HealthUnavailableError as error:
             raise AirflowException(str(error)) from None
         if not proceed:
-            record_throttle(
-                stats, conn_id=self.postgres_conn_id, actor=self.migration_name, reason=health.signal.value
-            )
             self.log.info(
                 "WAL archival on %s: %s; stopping with progress committed",
                 self.postgres_conn_id,

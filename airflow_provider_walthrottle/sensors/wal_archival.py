@@ -16,10 +16,9 @@ from airflow_provider_walthrottle.health import (
     OnUnavailable,
     evaluate_wal_archival,
     exact_count_limit,
-    may_proceed,
     parse_max_pending_segments,
 )
-from airflow_provider_walthrottle.metrics import record_health, record_throttle, task_stats
+from airflow_provider_walthrottle.metrics import record_decision, task_stats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -152,16 +151,12 @@ class WalArchivalSensor(BaseSensorOperator):
         health = evaluate_wal_archival(
             self.hook.get_archiver_status(exact_up_to=exact_count_limit(threshold)), threshold
         )
-        stats = task_stats()
-        record_health(stats, health, conn_id=self.postgres_conn_id, actor=self.dag_id)
         try:
-            proceed = may_proceed(health, self.on_unavailable)
+            proceed = record_decision(
+                task_stats(), health, self.on_unavailable, conn_id=self.postgres_conn_id, actor=self.dag_id
+            )
         except HealthUnavailableError as error:
             raise AirflowException(str(error)) from None
-        if not proceed:
-            record_throttle(
-                stats, conn_id=self.postgres_conn_id, actor=self.dag_id, reason=health.signal.value
-            )
         self.log.info(
             "WAL archival on %s: %s; %s",
             self.postgres_conn_id,
