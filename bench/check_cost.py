@@ -7,7 +7,7 @@ lists that directory, so its cost is what is measured; the LSN method does arith
 ``pg_stat_archiver`` and is independent of the count. Each check is timed on an open connection
 (the queries alone) and through ``WalArchivalHook.get_archiver_status()`` (connect included).
 
-    .venv/bin/python bench/check_cost.py --markdown
+    .venv/bin/python bench/check_cost.py
 """
 
 from __future__ import annotations
@@ -18,16 +18,20 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import tests.airflow_env  # noqa: F401  (a private AIRFLOW_HOME before Airflow is imported)
+from _cluster import bench_cluster, machine, markdown_table, write_json
+
 from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
 from airflow_provider_walthrottle.wal import segment_file_name
-from tests.postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters
+
+if TYPE_CHECKING:
+    from tests.postgres_cluster import PostgresCluster
 
 
 def timed(call, repeat: int) -> tuple[float, float]:
@@ -56,22 +60,19 @@ def add_fake_ready_files(cluster: PostgresCluster, total: int) -> None:
             os.chown(path, uid, gid)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=200)
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args(argv)
 
-    base = make_base_dir("walthrottle-bench-")
-    try:
-        cluster = PostgresCluster.create(base, name="check-cost")
-        cluster.start()
+    rows = []
+    with bench_cluster("check-cost") as cluster:
         cluster.create_role("reader", "reader-pw", pg_monitor=False)
         cluster.archive_one_segment()
         os.environ["AIRFLOW_CONN_BENCH_EXACT"] = cluster.uri()
         os.environ["AIRFLOW_CONN_BENCH_LSN"] = cluster.uri(user="reader", password="reader-pw")
         cluster.make_backlog(10)
-        rows = []
         for pending in (10, 1_000, 10_000):
             add_fake_ready_files(cluster, pending)
             for method, conn_id, user in (("exact", "bench_exact", None), ("lsn", "bench_lsn", "reader")):
@@ -82,18 +83,49 @@ def main() -> int:
                     queries = timed(lambda conn=conn: read_archiver_status(conn), args.repeat)
                 hook = WalArchivalHook(postgres_conn_id=conn_id)
                 whole = timed(hook.get_archiver_status, max(args.repeat // 4, 10))
-                rows.append((pending, method, status.pending_segments, *queries, *whole))
-        print(
-            "| pending | method | reported | queries median ms | queries p95 ms "
-            "| hook call median ms | hook call p95 ms |"
-        )
-        print("|---:|---|---:|---:|---:|---:|---:|")
-        for pending, method, reported, q50, q95, h50, h95 in rows:
-            print(f"| {pending:,} | {method} | {reported} | {q50:.2f} | {q95:.2f} | {h50:.1f} | {h95:.1f} |")
-        return 0
-    finally:
-        stop_all_clusters()
-        remove_base_dir(base)
+                rows.append(
+                    {
+                        "pending": pending,
+                        "method": method,
+                        "reported": status.pending_segments,
+                        "queries_median_ms": queries[0],
+                        "queries_p95_ms": queries[1],
+                        "hook_median_ms": whole[0],
+                        "hook_p95_ms": whole[1],
+                    }
+                )
+    results = {"repeat": args.repeat, "rows": rows, "machine": machine()}
+    print(table(results))
+    write_json(args.json, results)
+    return 0
+
+
+def table(results: dict[str, Any]) -> str:
+    """Return the Markdown table of the results."""
+    return markdown_table(
+        (
+            "pending",
+            "method",
+            "reported",
+            "queries median ms",
+            "queries p95 ms",
+            "hook call median ms",
+            "hook call p95 ms",
+        ),
+        [
+            (
+                f"{row['pending']:,}",
+                row["method"],
+                row["reported"],
+                f"{row['queries_median_ms']:.2f}",
+                f"{row['queries_p95_ms']:.2f}",
+                f"{row['hook_median_ms']:.1f}",
+                f"{row['hook_p95_ms']:.1f}",
+            )
+            for row in results["rows"]
+        ],
+        "rlrrrrr",
+    )
 
 
 if __name__ == "__main__":

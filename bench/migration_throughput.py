@@ -2,23 +2,25 @@
 
 Starts a throwaway PostgreSQL (the test harness), fills a table with ROWS rows, and runs the
 batching core (:func:`run_one_batch`, what the operator calls once per task) until the migration
-is finished, with the WAL check off. Prints one line of results and, with ``--markdown``, a table
-row for ``docs/performance.md``.
+is finished, with the WAL check off. Prints one line of results per configuration and a table.
 
     .venv/bin/python bench/migration_throughput.py --rows 1000000
+    .venv/bin/python bench/migration_throughput.py --batch-size 1000 --sub-batch-size 100
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cluster import bench_cluster, machine, make_items_table, markdown_table, update_sql, write_json
 
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
@@ -29,61 +31,87 @@ from airflow_provider_walthrottle.migrations.runner import (
     prepare,
     run_one_batch,
 )
-from tests.postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters
+
+if TYPE_CHECKING:
+    from tests.postgres_cluster import PostgresCluster
 
 
-def main() -> int:
+def run(cluster: PostgresCluster, rows: int, batch_size: int, sub_batch_size: int) -> dict[str, Any]:
+    """Migrate a fresh table of ``rows`` rows to the end; return what it measured."""
+    table = f"items_{batch_size}_{sub_batch_size}"
+    make_items_table(cluster, table, rows)
+    cluster.execute("CHECKPOINT")
+    definition = MigrationDefinition(name=table, table=table, column="id", batch_sql=update_sql(table))
+    settings = RunSettings(
+        sub_batch_size=sub_batch_size,
+        pause_ms=0,
+        policy=BatchSizePolicy(min_batch_size=batch_size, max_batch_size=batch_size),
+    )
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        store = prepare(conn, definition, batch_size)
+        started = time.perf_counter()
+        batches = 0
+        healthy = HealthVerdict(proceed=True)
+        while run_one_batch(store, settings, lambda: healthy).outcome is Outcome.COMPLETED:
+            batches += 1
+        elapsed = time.perf_counter() - started
+        progress = store.progress()
+    assert progress.keys_done == rows, progress
+    return {
+        "rows": rows,
+        "batch_size": batch_size,
+        "sub_batch_size": sub_batch_size,
+        "batches": batches,
+        "seconds": elapsed,
+        "rows_per_second": rows / elapsed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=10_000)
-    parser.add_argument("--sub-batch-size", type=int, default=1_000)
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--batch-size", type=int, action="append", help="repeatable; default 10000 and 1000")
+    parser.add_argument("--sub-batch-size", type=int, action="append", help="one per --batch-size")
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args(argv)
+    batch_sizes = args.batch_size or [10_000, 1_000]
+    sub_batch_sizes = args.sub_batch_size or [max(size // 10, 1) for size in batch_sizes]
+    if len(sub_batch_sizes) != len(batch_sizes):
+        parser.error("give one --sub-batch-size per --batch-size")
 
-    base = make_base_dir("walthrottle-bench-")
-    try:
-        cluster = PostgresCluster.create(base, name="bench", extra_conf={"max_wal_size": "4GB"})
-        cluster.start()
-        cluster.execute("CREATE TABLE items (id bigint PRIMARY KEY, payload text NOT NULL, migrated bool)")
-        cluster.execute(
-            "INSERT INTO items SELECT i, md5(i::text), NULL FROM generate_series(1, %s) AS i", [args.rows]
-        )
-        cluster.execute("VACUUM ANALYZE items")
-        definition = MigrationDefinition(
-            name="bench",
-            table="items",
-            column="id",
-            batch_sql="UPDATE items SET migrated = true WHERE id BETWEEN %(start)s AND %(end)s",
-        )
-        settings = RunSettings(
-            sub_batch_size=args.sub_batch_size,
-            pause_ms=0,
-            policy=BatchSizePolicy(min_batch_size=args.batch_size, max_batch_size=args.batch_size),
-        )
-        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            store = prepare(conn, definition, args.batch_size)
-            started = time.perf_counter()
-            batches = 0
-            healthy = HealthVerdict(proceed=True)
-            while run_one_batch(store, settings, lambda: healthy).outcome is Outcome.COMPLETED:
-                batches += 1
-            elapsed = time.perf_counter() - started
-            progress = store.progress()
-        assert progress.keys_done == args.rows, progress
-        rate = args.rows / elapsed
-        print(
-            f"{args.rows} rows in {batches} batches of {args.batch_size} "
-            f"(sub-batches of {args.sub_batch_size}): {elapsed:.1f} s, {rate:,.0f} rows/s"
-        )
-        if args.markdown:
+    runs = []
+    with bench_cluster("throughput", extra_conf={"max_wal_size": "4GB"}) as cluster:
+        for batch_size, sub_batch_size in zip(batch_sizes, sub_batch_sizes, strict=True):
+            result = run(cluster, args.rows, batch_size, sub_batch_size)
             print(
-                f"| {args.rows:,} | {args.batch_size:,} | {args.sub_batch_size:,} | {elapsed:.1f} s | "
-                f"{rate:,.0f} | {platform.processor() or platform.machine()} |"
+                f"{args.rows} rows in {result['batches']} batches of {batch_size} "
+                f"(sub-batches of {sub_batch_size}): {result['seconds']:.1f} s, "
+                f"{result['rows_per_second']:,.0f} rows/s",
+                flush=True,
             )
-        return 0
-    finally:
-        stop_all_clusters()
-        remove_base_dir(base)
+            runs.append(result)
+    results = {"runs": runs, "machine": machine()}
+    print(table(results))
+    write_json(args.json, results)
+    return 0
+
+
+def table(results: dict[str, Any]) -> str:
+    """Return the Markdown table of the results."""
+    return markdown_table(
+        ("rows", "batch size", "sub-batch size", "wall time", "rows/s"),
+        [
+            (
+                f"{run['rows']:,}",
+                f"{run['batch_size']:,}",
+                f"{run['sub_batch_size']:,}",
+                f"{run['seconds']:.1f} s",
+                f"{run['rows_per_second']:,.0f}",
+            )
+            for run in results["runs"]
+        ],
+        "rrrrr",
+    )
 
 
 if __name__ == "__main__":

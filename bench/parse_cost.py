@@ -16,12 +16,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import tests.airflow_env  # noqa: F401  (a private AIRFLOW_HOME for the child interpreters)
+from _cluster import ROOT, machine, markdown_table, write_json  # a private AIRFLOW_HOME for the children
 
-EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+EXAMPLE_DAGS = ROOT / "example_dags"
 
 EMPTY_DAG = """
 import datetime
@@ -54,20 +55,43 @@ def parse_ms(folder: Path, repeat: int) -> tuple[float, int]:
     return statistics.median(samples), dags
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args()
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as empty:
         (Path(empty) / "empty_dag.py").write_text(EMPTY_DAG)
         baseline, _ = parse_ms(Path(empty), args.repeat)
     examples, dags = parse_ms(EXAMPLE_DAGS, args.repeat)
-    print("| folder | DAGs | parse median ms |")
-    print("|---|---:|---:|")
-    print(f"| one empty DAG | 1 | {baseline:.1f} |")
-    print(f"| example_dags/ (imports the provider) | {dags} | {examples:.1f} |")
+    results = {
+        "repeat": args.repeat,
+        "empty_ms": baseline,
+        "examples_ms": examples,
+        "example_dags": dags,
+        "added_ms": examples - baseline,
+        "machine": machine(),
+    }
+    print(table(results))
     print(f"\nadded over the empty DAG: {examples - baseline:.1f} ms")
+    write_json(args.json, results)
     return 0
+
+
+def table(results: dict[str, Any]) -> str:
+    """Return the Markdown table of the results."""
+    return markdown_table(
+        ("folder", "DAGs", "parse median ms"),
+        [
+            ("one empty DAG", 1, f"{results['empty_ms']:.1f}"),
+            (
+                "example_dags/ (imports the provider)",
+                results["example_dags"],
+                f"{results['examples_ms']:.1f}",
+            ),
+        ],
+        "lrr",
+    )
 
 
 if __name__ == "__main__":

@@ -126,10 +126,9 @@ class WalArchivalHook(PostgresHook):
     def get_archiver_status(self, *, exact_up_to: int | None = None) -> ArchiverStatus:
         """Measure the archiver's state and backlog once.
 
-        :param exact_up_to: count exactly only while the LSN estimate is at most this many
-            segments (see :func:`~.wal_archival_sql.archiver_status_conversation`); ``None``, the
-            default: always count exactly when the role may.
-
+        :param exact_up_to: count exactly only while the LSN estimate is at most this many segments
+            (see :func:`~airflow_provider_walthrottle.hooks.wal_archival_sql.archiver_status_conversation`);
+            ``None``, the default: always count exactly when the role may.
         :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
         :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
         :raises InsufficientPrivilegeError: if the role may not even read the archiver statistics.

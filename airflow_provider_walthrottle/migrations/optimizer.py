@@ -263,6 +263,35 @@ def wal_row_bound(
     return math.floor(Fraction(headroom_bytes) / Fraction(wal_bytes_per_row))
 
 
+def backlog_bound(pending_segments: int, wal_bytes_since: int, wal_segment_size: int) -> int:
+    """Return the most WAL segments that can be pending now, given an earlier count and the WAL since.
+
+    Only a completed segment adds a ``.ready`` file, and only the archiver removes one. WAL of
+    ``wal_bytes_since`` bytes, measured as a difference of WAL positions, completes at most the
+    segment that was being written at the count and then one segment per ``wal_segment_size``
+    bytes. So while this bound is at or below the threshold, a new count could not stop the
+    migration, and the runner may skip it.
+
+    >>> backlog_bound(10, 0, 16 * 1024 * 1024)
+    11
+    >>> backlog_bound(10, 40 * 1024 * 1024, 16 * 1024 * 1024)
+    13
+
+    :param pending_segments: the pending segments counted earlier.
+    :param wal_bytes_since: WAL written since that count, as far as the caller measured it.
+    :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
+    :raises ValueError: if a count, the bytes or the segment size is impossible.
+    """
+    if pending_segments < 0 or wal_bytes_since < 0:
+        raise ValueError(
+            f"pending_segments and wal_bytes_since must be 0 or more,"
+            f" got {pending_segments!r} and {wal_bytes_since!r} instead"
+        )
+    if wal_segment_size <= 0:
+        raise ValueError(f"wal_segment_size must be positive, got {wal_segment_size!r} instead")
+    return pending_segments + wal_bytes_since // wal_segment_size + 1
+
+
 def next_batch_size(
     current_size: int,
     estimate: ThroughputEstimate,

@@ -20,6 +20,7 @@ from airflow_provider_walthrottle.migrations.optimizer import (
     BatchSizeDecision,
     BatchSizePolicy,
     ThroughputEstimate,
+    backlog_bound,
     next_batch_size,
 )
 from airflow_provider_walthrottle.migrations.store import (
@@ -75,6 +76,10 @@ class RunSettings:
     :param statement_timeout_ms: ``statement_timeout`` for each sub-batch, if any.
     :param max_pending_segments: the WAL threshold, for the batch-size optimizer.
     :param policy: bounds and time target of the batch size.
+    :param recheck_seconds: between sub-batches, the backlog check is skipped while the last count
+        plus the WAL written since cannot exceed the threshold (see
+        :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), but for no longer
+        than this; 0 checks between every two sub-batches. The check before a batch always runs.
     """
 
     sub_batch_size: int = 100
@@ -84,6 +89,7 @@ class RunSettings:
     statement_timeout_ms: int | None = None
     max_pending_segments: int = 42
     policy: BatchSizePolicy = field(default_factory=BatchSizePolicy)
+    recheck_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,8 @@ def run_one_batch(
 
     :param store: the migration's store, from :func:`prepare`.
     :param settings: how batches run.
-    :param check_health: called before the batch and between sub-batches.
+    :param check_health: called before the batch and between sub-batches, unless the last count
+        shows the backlog cannot have passed the threshold since (see ``settings.recheck_seconds``).
     :param dag_id: recorded on the job.
     :param run_id: recorded on the job.
     :param try_number: recorded on the job.
@@ -170,6 +177,7 @@ def run_one_batch(
     if migration.status != "active":
         return _settled(store, migration.status)
     verdict = check_health()
+    checked_at = time.monotonic()
     if not verdict.proceed:
         return BatchResult(Outcome.THROTTLED, store.progress(), health=verdict.health)
 
@@ -201,6 +209,7 @@ def run_one_batch(
 
     rows = keys = wal_bytes = 0
     seconds = 0.0
+    wal_since_check = 0  # bytes, since the last count
 
     def ended(outcome: Outcome, **more: Any) -> BatchResult:
         return BatchResult(
@@ -236,10 +245,14 @@ def run_one_batch(
             )
         if result.job_finished:
             break
+        wal_since_check += result.wal_bytes
         try:
             if settings.pause_ms:
                 sleep(settings.pause_ms / 1000)
-            verdict = check_health()
+            if _check_is_due(verdict, wal_since_check, time.monotonic() - checked_at, settings):
+                verdict = check_health()
+                checked_at = time.monotonic()
+                wal_since_check = 0  # bytes, since the last count
         except BaseException:
             # the check failed, not the job: it resumes where it stopped, with no attempt used
             _release_quietly(store, job, "paused")
@@ -256,6 +269,27 @@ def run_one_batch(
         wal_bytes_per_row=estimate.wal_bytes_per_row,
     )
     return ended(Outcome.COMPLETED, decision=decision, rows_per_second=estimate.rows_per_second)
+
+
+def _check_is_due(
+    verdict: HealthVerdict, wal_bytes_since: int, seconds_since: float, settings: RunSettings
+) -> bool:
+    """Whether to check the backlog before the next sub-batch, rather than trust the last count.
+
+    The last count is trusted only when it was a number under which the migration went on, it is
+    younger than ``settings.recheck_seconds``, and the WAL written since cannot have completed
+    enough segments to pass the threshold it was compared with. That WAL is what the server wrote
+    during this migration's statements (other sessions' included); what others write between two
+    sub-batches is not seen, which the re-check every ``recheck_seconds`` bounds.
+    """
+    health = verdict.health
+    if not verdict.proceed or health is None or seconds_since >= settings.recheck_seconds:
+        return True
+    status = health.status
+    if status.pending_segments is None or status.wal_segment_size <= 0:
+        return True
+    bound = backlog_bound(status.pending_segments, wal_bytes_since, status.wal_segment_size)
+    return bound > health.max_pending_segments
 
 
 def _settled(store: MigrationStore, status: str) -> BatchResult:

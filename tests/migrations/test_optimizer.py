@@ -15,6 +15,7 @@ from airflow_provider_walthrottle.migrations.optimizer import (
     BatchSizeDecision,
     BatchSizePolicy,
     ThroughputEstimate,
+    backlog_bound,
     next_batch_size,
     wal_row_bound,
 )
@@ -431,3 +432,33 @@ def test_planned_wal_never_exceeds_the_headroom():
             assert decision.by_wal is not None
             assert (decision.by_wal + 1) * Fraction(estimate.wal_bytes_per_row) > headroom
         assert decision.describe()
+
+
+@pytest.mark.parametrize(
+    ("pending", "wal_bytes", "segment", "bound"),
+    [
+        (0, 0, SEGMENT, 1),  # the segment being written at the count may complete
+        (10, 0, SEGMENT, 11),
+        (10, SEGMENT - 1, SEGMENT, 11),
+        (10, SEGMENT, SEGMENT, 12),
+        (10, 40 * MB, SEGMENT, 13),
+        (41, 0, SEGMENT, 42),  # at a threshold of 42, still no need to count again
+        (41, 1 * MB, 1 * MB, 43),  # one more segment of 1 MB could pass it
+        (0, 10 * MB, 1 * MB, 11),
+    ],
+)
+def test_backlog_bound(pending, wal_bytes, segment, bound):
+    assert backlog_bound(pending, wal_bytes, segment) == bound
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((-1, 0, SEGMENT), "pending_segments and wal_bytes_since must be 0 or more, got -1 and 0"),
+        ((0, -5, SEGMENT), "pending_segments and wal_bytes_since must be 0 or more, got 0 and -5"),
+        ((0, 0, 0), "wal_segment_size must be positive, got 0"),
+    ],
+)
+def test_backlog_bound_rejects_impossible_inputs(args, message):
+    with pytest.raises(ValueError, match=message):
+        backlog_bound(*args)

@@ -41,6 +41,7 @@ from airflow_provider_walthrottle.migrations.runner import (
     JobFailedError,
     Outcome,
     RunSettings,
+    _check_is_due,
     prepare,
     run_one_batch,
 )
@@ -518,6 +519,62 @@ def test_the_migrations_own_wal_throttles_it_between_sub_batches_and_it_resumes(
     assert dict(cluster.execute("SELECT counter, count(*) FROM wide GROUP BY 1")) == {1: 30000}
     assert cluster.execute("SELECT count(*) FROM wide WHERE padding = ''") == [(0,)]
     assert {job["status"] for job in job_rows(cluster, "wide_backfill")} == {"succeeded"}
+
+
+@pytest.mark.parametrize(
+    ("recheck_seconds", "pause_ms", "checks"),
+    [
+        (3600.0, 0, "once"),  # far under the threshold: only the check before the batch
+        (0.0, 0, "always"),  # 0: before the batch and between every two sub-batches
+        (0.01, 20, "always"),  # each count is older than recheck_seconds by the next sub-batch
+    ],
+)
+def test_checks_between_sub_batches_are_skipped_while_the_backlog_cannot_pass_the_threshold(
+    migration_db, recheck_seconds, pause_ms, checks
+):
+    make_table(migration_db, "recheck", 300)
+    in_scope = sum(1 for i in range(1, 300 * 7 // 6 + 1) if i % 7 and (i % 10) % 3 == 0)
+    sub_batches = -(-in_scope // 10)
+    definition = increment_migration("recheck", "recheck")
+    threshold = 42
+    settings = RunSettings(
+        sub_batch_size=10,
+        pause_ms=pause_ms,
+        max_pending_segments=threshold,
+        recheck_seconds=recheck_seconds,
+        policy=BatchSizePolicy(min_batch_size=1000, max_batch_size=1000),
+    )
+    migration_db.archive_one_segment()
+    migration_db.make_backlog(1)  # gate closed: one segment pending, a few kB of WAL to come
+    with migration_db.connect() as checks_conn, migration_db.connect() as conn:
+        health = ArchiveHealth(checks_conn, max_pending_segments=threshold)
+        store = prepare(conn, definition, batch_size=1000)
+        result = run_batch(store, settings, health)
+    assert result.outcome is Outcome.COMPLETED and result.keys == in_scope
+    expected = 1 if checks == "once" else sub_batches  # the first before the batch, then between
+    assert [signal.status.pending_segments for signal in health.seen] == [1] * expected
+    histogram = counter_histogram(migration_db, "recheck")
+    assert set(histogram) == {(True, 1), (False, 0)}, histogram
+
+
+def test_a_check_is_due_once_the_wal_since_the_last_count_could_pass_the_threshold(pg_drained):
+    with pg_drained.connect() as conn:
+        status = read_archiver_status(conn)
+    segment = status.wal_segment_size
+
+    def counted(pending: int | None, proceed: bool = True) -> HealthVerdict:
+        health = evaluate_wal_archival(dataclasses.replace(status, pending_segments=pending), 42)
+        return HealthVerdict(proceed=proceed, health=health)
+
+    due = functools.partial(_check_is_due, settings=RunSettings(recheck_seconds=1.0))
+    assert not due(counted(0), 0, 0.5)
+    assert not due(counted(41), segment - 1, 0.5)  # at most 42 now: a count could not stop it
+    assert due(counted(41), segment, 0.5)  # one more segment completed could make 43
+    assert due(counted(20), 30 * segment, 0.5)
+    assert due(counted(0), 0, 1.0)  # the count is too old
+    assert due(counted(None, proceed=True), 0, 0.0)  # unknown, went on anyway (on_unavailable)
+    assert due(HealthVerdict(proceed=True), 0, 0.0)  # the flag was off: nothing to trust
+    assert functools.partial(_check_is_due, settings=RunSettings(recheck_seconds=0))(counted(0), 0, 0.0)
 
 
 # --------------------------------------------------------------------------------------------------
