@@ -263,6 +263,23 @@ def wal_row_bound(
     return math.floor(Fraction(headroom_bytes) / Fraction(wal_bytes_per_row))
 
 
+def segments_for_rows(rows: int, wal_segment_size: int, wal_bytes_per_row: float | None) -> int | None:
+    """Return the WAL segments ``rows`` rows are expected to fill, rounded up; ``None`` if unknown.
+
+    The inverse of :func:`wal_row_bound`: a batch of ``rows`` fits a headroom of this many segments.
+
+    >>> segments_for_rows(201326, 16 * 1024 * 1024, 1000.0)
+    12
+
+    :param rows: the rows of a batch.
+    :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
+    :param wal_bytes_per_row: WAL bytes per row; ``None`` (not measured yet) or 0 gives ``None``.
+    """
+    if wal_bytes_per_row is None or wal_bytes_per_row <= 0 or wal_segment_size <= 0:
+        return None
+    return math.ceil(Fraction(rows) * Fraction(wal_bytes_per_row) / wal_segment_size)
+
+
 def backlog_bound(pending_segments: int, wal_bytes_since: int, wal_segment_size: int) -> int:
     """Return the most WAL segments that can be pending now, given an earlier count and the WAL since.
 

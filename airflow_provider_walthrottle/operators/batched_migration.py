@@ -315,11 +315,14 @@ class BatchedMigrationOperator(BaseOperator):
             store.begin_throttle()
             if result.decision is not None and result.decision.must_wait:
                 # the backlog is below the threshold, but not by enough for the smallest batch:
-                # wait a fixed interval (the trigger would fire at once)
+                # wait until it leaves room for one (or a fixed interval if that is not known)
                 record_throttle(
                     task_stats(), conn_id=self.postgres_conn_id, actor=self.migration_name, reason="headroom"
                 )
-                self._wait(f"throttled: {result.decision.describe()}", threshold=None)
+                self._wait(
+                    f"throttled: {result.decision.describe()}",
+                    threshold=_room_for_smallest_batch(result, threshold),
+                )
             reason = result.health.summary() if result.health else "the WAL backlog is too long"
             self._wait(f"throttled: {reason}", threshold=threshold)
         if result.outcome is Outcome.PAUSED:
@@ -341,7 +344,15 @@ class BatchedMigrationOperator(BaseOperator):
 
     def _wait(self, reason: str, *, threshold: int | None) -> NoReturn:
         """Wait ``wait_interval`` seconds, or until the backlog is at or below ``threshold`` if given."""
-        self.log.info("Migration %s waits %gs: %s", self.migration_name, self.wait_interval, reason)
+        if threshold is None or not self.deferrable:
+            self.log.info("Migration %s waits %gs: %s", self.migration_name, self.wait_interval, reason)
+        else:
+            self.log.info(
+                "Migration %s waits until at most %s WAL segments are pending: %s",
+                self.migration_name,
+                threshold,
+                reason,
+            )
         if not self.deferrable:
             from airflow.sdk.exceptions import AirflowRescheduleException
 
@@ -364,6 +375,21 @@ class BatchedMigrationOperator(BaseOperator):
 
             trigger = DateTimeTrigger(moment=_now() + datetime.timedelta(seconds=self.wait_interval))
         self.defer(trigger=trigger, method_name="resume_after_wait")
+
+
+def _room_for_smallest_batch(result: BatchResult, threshold: int) -> int | None:
+    """Return the backlog at which the smallest batch fits under ``threshold``; ``None`` if unknown."""
+    from airflow_provider_walthrottle.migrations.optimizer import segments_for_rows
+
+    decision, health = result.decision, result.health
+    if decision is None or decision.policy is None or health is None:
+        return None
+    wal_bytes_per_row = decision.estimate.wal_bytes_per_row if decision.estimate else None
+    # before any batch measured its WAL, the optimizer asks for one whole segment of headroom
+    needed = segments_for_rows(
+        decision.policy.min_batch_size, health.status.wal_segment_size, wal_bytes_per_row
+    )
+    return max(threshold - (needed or 1), 0)
 
 
 def _now() -> datetime.datetime:

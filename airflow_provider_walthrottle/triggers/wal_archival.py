@@ -38,8 +38,12 @@ class WalArchivalTrigger(BaseTrigger):
     :param flag_default: the flag's answer while the Variable is missing or unreadable.
     :param actor: who asks, for a percentage rollout of the flag (a DAG id or migration name).
     :param on_unavailable: what a "not available" or "unknown" reading does.
-    :param poll_interval: seconds between two checks.
+    :param poll_interval: the most seconds between two checks. While the backlog drains, the next
+        check comes when the drain rate seen so far says the backlog will be at the threshold, but
+        never sooner than ``min_poll_interval``: a migration goes on about when the backlog
+        allows, not up to a whole ``poll_interval`` later (see :func:`next_check_in`).
     :param database: a database name that overrides the connection's schema.
+    :param min_poll_interval: the fewest seconds between two checks.
     """
 
     def __init__(
@@ -53,8 +57,10 @@ class WalArchivalTrigger(BaseTrigger):
         on_unavailable: str,
         poll_interval: float,
         database: str | None = None,
+        min_poll_interval: float = 1.0,
     ) -> None:
         super().__init__()
+        self.min_poll_interval = min_poll_interval
         self.postgres_conn_id = postgres_conn_id
         self.max_pending_segments = max_pending_segments
         self.flag_variable = flag_variable
@@ -77,6 +83,7 @@ class WalArchivalTrigger(BaseTrigger):
                 "on_unavailable": self.on_unavailable,
                 "poll_interval": self.poll_interval,
                 "database": self.database,
+                "min_poll_interval": self.min_poll_interval,
             },
         )
 
@@ -87,6 +94,8 @@ class WalArchivalTrigger(BaseTrigger):
         flag = FeatureFlag(self.flag_variable, default=self.flag_default)
         hook = WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
         on_unavailable = OnUnavailable.parse(self.on_unavailable)
+        loop = asyncio.get_running_loop()
+        previous: tuple[float, int] | None = None  # (when, pending) of the last check
         while True:
             if not await sync_to_async(flag.is_enabled)(self.actor):
                 self.log.info("Feature flag %s is off: the wait ends without a check", self.flag_variable)
@@ -105,10 +114,62 @@ class WalArchivalTrigger(BaseTrigger):
             if proceed:
                 yield TriggerEvent({"status": "success", "checked": True, "health": health.to_dict()})
                 return
+            now, pending = loop.time(), health.status.pending_segments
+            drain_rate = None
+            if previous is not None and pending is not None and now > previous[0]:
+                drain_rate = (previous[1] - pending) / (now - previous[0])
+            delay = next_check_in(
+                pending=pending,
+                target=self.max_pending_segments,
+                drain_rate=drain_rate,
+                poll_interval=self.poll_interval,
+                min_interval=self.min_poll_interval,
+            )
+            previous = (now, pending) if pending is not None else None
             self.log.info(
-                "WAL archival on %s: %s; waiting, next check in %gs",
+                "WAL archival on %s: %s; waiting, next check in %.3gs",
                 self.postgres_conn_id,
                 health.summary(),
-                self.poll_interval,
+                delay,
             )
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(delay)
+
+
+#: Seconds before the second check of a wait, at most: soon enough to measure how fast it drains.
+FIRST_RECHECK_SECONDS = 5.0
+
+
+def next_check_in(
+    *,
+    pending: int | None,
+    target: int,
+    drain_rate: float | None,
+    poll_interval: float,
+    min_interval: float,
+) -> float:
+    """Return the seconds until the next check of a backlog that is above its target.
+
+    At the drain rate seen between the last two checks, the backlog reaches ``target`` in
+    ``(pending - target) / drain_rate`` seconds: check then, within ``[min_interval,
+    poll_interval]``. Without a rate yet, check again within :data:`FIRST_RECHECK_SECONDS` to
+    measure one; with a backlog that does not drain, or an unknown one, after ``poll_interval``.
+
+    >>> next_check_in(pending=50, target=42, drain_rate=2.0, poll_interval=60, min_interval=1)
+    4.0
+    >>> next_check_in(pending=500, target=42, drain_rate=2.0, poll_interval=60, min_interval=1)
+    60
+    >>> next_check_in(pending=50, target=42, drain_rate=None, poll_interval=60, min_interval=1)
+    5.0
+
+    :param pending: the backlog just measured, or ``None`` if unknown.
+    :param target: the backlog at which the wait ends.
+    :param drain_rate: segments a second the backlog shrank by since the last check, or ``None``.
+    :param poll_interval: the most seconds to wait.
+    :param min_interval: the fewest seconds to wait.
+    """
+    low = min(min_interval, poll_interval)
+    if pending is None or (drain_rate is not None and drain_rate <= 0):
+        return poll_interval
+    if drain_rate is None:
+        return max(low, min(poll_interval, FIRST_RECHECK_SECONDS))
+    return max(low, min(poll_interval, (pending - target) / drain_rate))

@@ -138,3 +138,57 @@ def test_the_event_loop_keeps_running_while_the_trigger_waits_on_a_silent_server
     assert elapsed >= 2.5, f"the connection attempt ended after {elapsed:.1f}s, before its timeout"
     # the heartbeat ran all along (a blocking connect would have frozen it for the whole timeout)
     assert ticks >= elapsed / 0.05 * 0.5, f"{ticks} heartbeats in {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize(
+    ("pending", "rate", "expected"),
+    [
+        (50, 2.0, 4.0),  # 8 segments over the target at 2/s
+        (50, 100.0, 1.0),  # never sooner than min_interval
+        (500, 2.0, 60),  # never later than poll_interval
+        (50, None, 5.0),  # no rate yet: measure one soon
+        (50, 0.0, 60),  # not draining
+        (50, -1.5, 60),  # growing
+        (None, 2.0, 60),  # unknown backlog
+    ],
+)
+def test_the_next_check_comes_when_the_drain_rate_says_the_backlog_reaches_it(pending, rate, expected):
+    from airflow_provider_walthrottle.triggers.wal_archival import next_check_in
+
+    delay = next_check_in(pending=pending, target=42, drain_rate=rate, poll_interval=60, min_interval=1)
+    assert delay == expected
+
+
+def test_a_short_poll_interval_is_not_stretched_to_the_first_recheck():
+    from airflow_provider_walthrottle.triggers.wal_archival import next_check_in
+
+    assert next_check_in(pending=50, target=42, drain_rate=None, poll_interval=0.5, min_interval=1) == 0.5
+
+
+def test_a_draining_backlog_ends_the_wait_about_when_it_reaches_the_threshold(monkeypatch, pg_drained):
+    monkeypatch.setenv(FLAG_ENV, "true")
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGER_DRAINING", pg_drained.uri())
+    pg_drained.archive_one_segment()
+    pg_drained.make_backlog(20)
+    pg_drained.set_archive_delay(0.5)  # about 2 segments a second once the gate opens
+    try:
+
+        async def scenario():
+            # with a fixed poll the second check would come after 120 s
+            trigger = make_trigger(
+                "trigger_draining", max_pending_segments=4, poll_interval=120, min_poll_interval=0.5
+            )
+            pending = asyncio.ensure_future(anext(trigger.run()))
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(pg_drained.open_gate)
+            opened = asyncio.get_running_loop().time()
+            event = await asyncio.wait_for(pending, 60)
+            return event, asyncio.get_running_loop().time() - opened
+
+        event, waited = asyncio.run(scenario())
+    finally:
+        pg_drained.set_archive_delay(0)
+
+    assert event.payload["status"] == "success"
+    assert event.payload["health"]["status"]["pending_segments"] <= 4
+    assert waited < 30, f"the wait ended {waited:.1f}s after the archiver started draining 16 segments"
