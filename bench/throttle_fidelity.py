@@ -1,4 +1,4 @@
-"""Throttle fidelity: how close three policies keep the WAL archival backlog to 42, and how fast they go.
+"""Throttle fidelity: how close four policies keep the WAL archival backlog to 42, and how fast they go.
 
 Each policy gets a fresh throwaway PostgreSQL with 1 MiB WAL segments (``initdb --wal-segsize=1``)
 and a slow archiver: ``archive_command`` sleeps ``1/rate`` seconds, then copies the segment, so it
@@ -17,6 +17,10 @@ pause between them):
     GitLab's batched background migrations: fixed batches; before each batch (so after the last
     one) check the backlog, and above 42 hold for a fixed time before checking again. GitLab holds
     10 minutes; here the hold is scaled down by ``--time-scale`` (default 1/100: 6 s).
+``ours_default``
+    the same, with the operator's default ``wait_interval`` of 60 s, not scaled: its waits end when
+    the trigger, which re-checks when the drain rate it measured says the backlog is back at 42,
+    sees room.
 ``ours``
     ``BatchedMigrationOperator``'s own batch loop, in-process: the operator's ``_run_batch`` (the
     runner, its checks between sub-batches and the batch-size optimizer, with the WAL flag on),
@@ -74,7 +78,7 @@ if TYPE_CHECKING:
     from tests.postgres_cluster import PostgresCluster
 
 THRESHOLD = 42
-POLICIES = ("none", "gitlab", "ours")
+POLICIES = ("none", "gitlab", "ours", "ours_default")
 GITLAB_HOLD_SECONDS = 600.0
 OPERATOR_WAIT_INTERVAL = 60.0
 SEGMENT_MB = 1
@@ -286,7 +290,20 @@ def run_ours(
             run.batches.append((time.monotonic() - started, summary["batch_size"]))
 
 
-RUNNERS = {"none": run_none, "gitlab": run_gitlab, "ours": run_ours}
+def run_ours_default(
+    store: MigrationStore, run: PolicyRun, started: float, batch_size: int, **_: Any
+) -> None:
+    run_ours(store, run, started, batch_size, wait_interval=OPERATOR_WAIT_INTERVAL)
+
+
+RUNNERS = {"none": run_none, "gitlab": run_gitlab, "ours": run_ours, "ours_default": run_ours_default}
+#: How the tables and plots name the policies.
+NAMES = {
+    "none": "no throttle",
+    "gitlab": "GitLab: check, then hold",
+    "ours": "ours (the operator)",
+    "ours_default": f"ours, default wait_interval ({OPERATOR_WAIT_INTERVAL:g} s, not scaled)",
+}
 
 
 def run_policy(policy: str, args: argparse.Namespace, delay: float) -> PolicyRun:
@@ -350,12 +367,11 @@ def plot(runs: list[dict[str, Any]], directory: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
-    labels = {"none": "no throttle", "gitlab": "GitLab (check, then hold)", "ours": "ours"}
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     for run in runs:
         times = [t for t, _, _ in run["samples"]]
         pending = [p for _, p, _ in run["samples"]]
-        ax.plot(times, pending, label=labels[run["policy"]], linewidth=1.2)
+        ax.plot(times, pending, label=NAMES[run["policy"]], linewidth=1.2)
     ax.axhline(THRESHOLD, color="black", linestyle="--", linewidth=0.8, label=f"threshold {THRESHOLD}")
     ax.set_xlabel("seconds since the migration started")
     ax.set_ylabel("WAL segments pending archival")
@@ -386,12 +402,11 @@ def plot(runs: list[dict[str, Any]], directory: Path) -> list[Path]:
 
 def table(results: dict[str, Any]) -> str:
     """Return the Markdown table of the runs."""
-    names = {"none": "no throttle", "gitlab": "GitLab: check, then hold", "ours": "ours (the operator)"}
     rows = []
     for run in results["runs"]:
         rows.append(
             (
-                names[run["policy"]],
+                NAMES[run["policy"]],
                 run["max_pending"],
                 f"{run['overshoot']}",
                 f"{run['seconds_above']:.1f}",
