@@ -92,6 +92,24 @@ SET_STATUS = sql.SQL(
 #: Note the WAL backlog a job's last health check saw: ``[pending segments, job id]``.
 NOTE_JOB_BACKLOG = sql.SQL("UPDATE {} SET pending_segments = %s WHERE id = %s").format(JOBS)
 
+#: Record a sub-batch on its job, in the sub-batch's transaction, and return the WAL bytes written
+#: since ``%(wal_before)s`` (0 when NULL): the WAL position is read before this row's own change.
+RECORD_SUB_BATCH = sql.SQL(
+    """
+WITH written AS (
+    SELECT coalesce((pg_current_wal_insert_lsn() - %(wal_before)s::pg_lsn)::bigint, 0) AS wal_bytes
+)
+UPDATE {jobs} SET resume_key = coalesce(%(last)s, resume_key), rows_affected = rows_affected + %(rows)s,
+       keys_done = keys_done + %(keys)s, sub_batches = sub_batches + %(one)s,
+       duration_seconds = duration_seconds + %(seconds)s,
+       wal_bytes = {jobs}.wal_bytes + written.wal_bytes,
+       status = CASE WHEN %(finished)s THEN 'succeeded' ELSE status END,
+       finished_at = CASE WHEN %(finished)s THEN now() END
+FROM written
+WHERE id = %(id)s
+RETURNING written.wal_bytes"""
+).format(jobs=JOBS)
+
 #: Serializes the creation of the state tables (transaction-scoped).
 LOCK_STATE_CREATION = sql.SQL("SELECT pg_advisory_xact_lock({}, 0)").format(sql.Literal(LOCK_NAMESPACE))
 
@@ -122,9 +140,6 @@ WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p
 """
 )
 
-#: The position of WAL insertion, to measure the WAL a statement writes.
-WAL_INSERT_POSITION = sql.SQL("SELECT pg_current_wal_insert_lsn()::text")
-
 
 def scope_condition(scope: str | None) -> sql.Composable:
     """Return ``AND (<scope>)``, or nothing.
@@ -150,25 +165,44 @@ SELECT (SELECT {col} FROM {table} WHERE true{scope} ORDER BY {col} LIMIT 1)::tex
     ).format(col=column, table=table, scope=scope_condition(scope))
 
 
+#: Key types whose range ends ``min``/``max`` find in one pass; uuid has no ``min``/``max``.
+MIN_MAX_KEY_TYPES = frozenset({"int2", "int4", "int8", "text", "varchar"})
+
+
 def next_range(
-    table: sql.Identifier, column: sql.Identifier, scope: str | None, *, inclusive: bool
+    table: sql.Identifier,
+    column: sql.Identifier,
+    scope: str | None,
+    *,
+    inclusive: bool,
+    key_type: str | None = None,
+    wal_position: bool = False,
 ) -> sql.Composed:
     """Return a query for the next range of at most ``%(rows)s`` keys after ``%(after)s``, up to ``%(last)s``.
 
-    It returns the range's ``first`` and ``last`` key (as text; ``array_agg`` rather than
-    ``min``/``max``, which uuid lacks) and its number of ``keys``, walking the key's unique index;
-    ``inclusive`` makes the range start at ``%(after)s`` itself. ``%(rows)s`` NULL means no limit.
+    It returns the range's ``first`` and ``last`` key (as text) and its number of ``keys``, walking
+    the key's unique index; ``inclusive`` makes the range start at ``%(after)s`` itself.
+    ``%(rows)s`` NULL means no limit. The ends come from ``min``/``max`` for the key types in
+    :data:`MIN_MAX_KEY_TYPES` (one pass, no sort), else from sorted ``array_agg`` (uuid).
 
     :param table: the table.
     :param column: the key column.
     :param scope: the DAG author's SQL condition.
     :param inclusive: whether ``%(after)s`` itself belongs to the range.
+    :param key_type: the key column's type name, e.g. ``int8``.
+    :param wal_position: also return ``wal_position``, the WAL insert position (as text), read with
+        the range, so that a sub-batch needs no round trip of its own for it.
     """
+    if key_type in MIN_MAX_KEY_TYPES:
+        ends = sql.SQL("min(k)::text AS first, max(k)::text AS last")
+    else:
+        ends = sql.SQL(
+            "((array_agg(k ORDER BY k))[1])::text AS first, ((array_agg(k ORDER BY k DESC))[1])::text AS last"
+        )
+    position = sql.SQL(", pg_current_wal_insert_lsn()::text AS wal_position") if wal_position else sql.SQL("")
     return sql.SQL(
         """
-SELECT ((array_agg(k ORDER BY k))[1])::text AS first,
-       ((array_agg(k ORDER BY k DESC))[1])::text AS last,
-       count(*) AS keys
+SELECT {ends}, count(*) AS keys{position}
 FROM (
     SELECT {col} AS k FROM {table}
     WHERE {col} {op} %(after)s AND {col} <= %(last)s{scope}
@@ -177,6 +211,8 @@ FROM (
 ) AS planned
 """
     ).format(
+        ends=ends,
+        position=position,
         col=column,
         table=table,
         op=sql.SQL(">=" if inclusive else ">"),

@@ -20,7 +20,6 @@ from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.migrations import queries
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition, MigrationDefinitionError
-from airflow_provider_walthrottle.wal import parse_lsn
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -394,7 +393,11 @@ FROM {} WHERE migration_name = %(name)s AND status IN ('pending', 'running', 'pa
         after = migration.min_key if migration.cursor_key is None else migration.cursor_key
         cursor.execute(
             queries.next_range(
-                self.table, self.column, self.definition.scope, inclusive=migration.cursor_key is None
+                self.table,
+                self.column,
+                self.definition.scope,
+                inclusive=migration.cursor_key is None,
+                key_type=migration.key_type,
             ),
             {
                 "after": convert(after),
@@ -501,7 +504,12 @@ WHERE name = %s"""
             resume_key = resume[0]
             cursor.execute(
                 queries.next_range(
-                    self.table, self.column, self.definition.scope, inclusive=resume_key is None
+                    self.table,
+                    self.column,
+                    self.definition.scope,
+                    inclusive=resume_key is None,
+                    key_type=self.key_type,
+                    wal_position=True,
                 ),
                 {
                     "after": migration_key(job.start_key if resume_key is None else resume_key),
@@ -511,13 +519,10 @@ WHERE name = %s"""
             )
             planned = cursor.fetchone()
             assert planned is not None
-            first_key, last_key, keys = planned
+            first_key, last_key, keys, wal_before = planned
             started = datetime.datetime.now(datetime.timezone.utc)
             rows_affected = 0
-            wal_bytes = 0
             if keys:
-                cursor.execute(queries.WAL_INSERT_POSITION)
-                before = cursor.fetchone()
                 if statement_timeout_ms:  # for the DAG author's statement only, not the bookkeeping
                     cursor.execute(
                         sql.SQL("SET LOCAL statement_timeout = {}").format(
@@ -531,34 +536,25 @@ WHERE name = %s"""
                 rows_affected = max(cursor.rowcount, 0)
                 if statement_timeout_ms:
                     cursor.execute("SET LOCAL statement_timeout TO DEFAULT")
-                cursor.execute(queries.WAL_INSERT_POSITION)
-                after = cursor.fetchone()
-                assert before is not None and after is not None
-                wal_bytes = parse_lsn(after[0]) - parse_lsn(before[0])
             seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
             finished = keys == 0 or last_key == job.end_key
+            # the WAL the statement wrote is read by the progress update itself, before it writes
             cursor.execute(
-                sql.SQL(
-                    """
-UPDATE {} SET resume_key = coalesce(%(last)s, resume_key), rows_affected = rows_affected + %(rows)s,
-              keys_done = keys_done + %(keys)s, sub_batches = sub_batches + %(one)s,
-              duration_seconds = duration_seconds + %(seconds)s,
-              wal_bytes = wal_bytes + %(wal)s,
-              status = CASE WHEN %(finished)s THEN 'succeeded' ELSE status END,
-              finished_at = CASE WHEN %(finished)s THEN now() END
-WHERE id = %(id)s"""
-                ).format(queries.JOBS),
+                queries.RECORD_SUB_BATCH,
                 {
                     "last": last_key,
                     "rows": rows_affected,
                     "keys": keys,
                     "one": 1 if keys else 0,
                     "seconds": seconds,
-                    "wal": wal_bytes,
+                    "wal_before": wal_before if keys else None,
                     "finished": finished,
                     "id": job.id,
                 },
             )
+            recorded = cursor.fetchone()
+            assert recorded is not None
+            wal_bytes = int(recorded[0])
         return SubBatchResult(
             first_key=first_key,
             last_key=last_key,
