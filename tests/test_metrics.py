@@ -149,8 +149,13 @@ def test_the_operator_sends_its_batch_and_backlog_metrics(task_statsd, monkeypat
     )
     assert "airflow.walthrottle.batches.metrics_items:1|c" in lines
     assert "airflow.walthrottle.rows.metrics_items:500|c" in lines
-    # a check before the batch and between sub-batches: one pair of gauges each
-    assert sum(line.startswith("airflow.walthrottle.wal.pending_segments.metrics_db:") for line in lines) >= 5
+    # a check before the batch (and between sub-batches when due): one pair of gauges each
+    pending = [
+        line for line in lines if line.startswith("airflow.walthrottle.wal.pending_segments.metrics_db:")
+    ]
+    thresholds = [line for line in lines if line.startswith("airflow.walthrottle.wal.threshold.metrics_db:")]
+    assert len(pending) == len(thresholds) >= 1
+    assert set(thresholds) == {"airflow.walthrottle.wal.threshold.metrics_db:42|g"}
     assert not any("throttle_events" in line for line in lines)
 
 
