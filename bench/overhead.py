@@ -11,9 +11,9 @@ fresh copy of it (``CREATE TABLE ... AS``, new primary key, ``VACUUM ANALYZE``, 
 ``operator, WAL check on``
     ``BatchedMigrationOperator``'s batch loop in-process: per task ``prepare()`` and the
     operator's ``_run_batch`` on one open connection, until the migration is finished. That is the
-    runner (claim a job, per sub-batch the range query, the statement, two WAL position reads and
-    the progress update in one transaction), the optimizer, the kill switch and, with the flag
-    on, the operator's WAL check before the batch and between sub-batches. Connecting and
+    runner (claim a job, per sub-batch the job's row lock, the range query with the WAL position,
+    the statement and the progress update in one transaction), the optimizer, the kill switch
+    and, with the flag on, the operator's WAL check before the batch and between sub-batches. Connecting and
     the scheduler, which a real task adds, are left out.
 ``operator, WAL check off``
     the same with the flag Variable off: the check reads the flag and returns.
