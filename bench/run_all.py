@@ -244,7 +244,6 @@ def _default_wait_findings(
     if default is None:
         return []
     return [
-        "",
         f"Ours at its default `wait_interval` of 60 s, not scaled, peaks at {default['max_pending']} and "
         f"reaches {default['ratio']:.2f} of the limit, with the archiver idle "
         f"{default['seconds_idle']:.1f} s. "
