@@ -299,13 +299,7 @@ def backlog_bound(pending_segments: int, wal_bytes_since: int, wal_segment_size:
     :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
     :raises ValueError: if a count, the bytes or the segment size is impossible.
     """
-    if pending_segments < 0 or wal_bytes_since < 0:
-        raise ValueError(
-            f"pending_segments and wal_bytes_since must be 0 or more,"
-            f" got {pending_segments!r} and {wal_bytes_since!r} instead"
-        )
-    if wal_segment_size <= 0:
-        raise ValueError(f"wal_segment_size must be positive, got {wal_segment_size!r} instead")
+    _check_wal_counts(wal_segment_size, pending_segments=pending_segments, wal_bytes_since=wal_bytes_since)
     return pending_segments + wal_bytes_since // wal_segment_size + 1
 
 
@@ -354,13 +348,9 @@ def next_batch_size(
     headroom_segments: int | None = None
     by_wal: int | None = None
     if pending_segments is not None:
-        if pending_segments < 0 or max_pending_segments < 0:
-            raise ValueError(
-                f"pending_segments and max_pending_segments must be 0 or more,"
-                f" got {pending_segments!r} and {max_pending_segments!r} instead"
-            )
-        if wal_segment_size <= 0:
-            raise ValueError(f"wal_segment_size must be positive, got {wal_segment_size!r} instead")
+        _check_wal_counts(
+            wal_segment_size, pending_segments=pending_segments, max_pending_segments=max_pending_segments
+        )
         headroom_segments = max_pending_segments - pending_segments
         by_wal = wal_row_bound(headroom_segments, wal_segment_size, estimate.wal_bytes_per_row)
         if by_wal is not None and by_wal < size:
@@ -377,3 +367,14 @@ def next_batch_size(
         estimate=estimate,
         policy=policy,
     )
+
+
+def _check_wal_counts(wal_segment_size: int, **counts: int) -> None:
+    """Refuse negative counts and a segment size that is not positive, naming them."""
+    if any(value < 0 for value in counts.values()):
+        raise ValueError(
+            f"{' and '.join(counts)} must be 0 or more,"
+            f" got {' and '.join(repr(value) for value in counts.values())} instead"
+        )
+    if wal_segment_size <= 0:
+        raise ValueError(f"wal_segment_size must be positive, got {wal_segment_size!r} instead")
