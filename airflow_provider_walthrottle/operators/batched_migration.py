@@ -223,7 +223,8 @@ class BatchedMigrationOperator(BaseOperator):
                 dag_id=self.dag_id,
                 run_id=context.get("run_id"),
                 try_number=getattr(ti, "try_number", None),
-                log=self.log.info,
+                # a line per sub-batch: thousands per task, so at DEBUG; the batch's line is INFO
+                log=self.log.debug,
             )
         except JobFailedError as error:
             if error.final:
