@@ -110,10 +110,10 @@ def _render_flags(flags: Sequence[FlagView], *, api_base: str, can_toggle: bool)
 def _render_connection(overview: ConnectionOverview, context: _Context) -> str:
     threshold = context.threshold
     head = f"<h2>Connection <code>{escape(overview.conn_id)}</code></h2>"
-    if overview.error:
-        return f"<div class='card'>{head}<p class='error'>{escape(overview.error)}</p></div>"
     health = overview.health
-    assert health is not None
+    if overview.error or health is None:
+        error = overview.error or "the backlog could not be read"
+        return f"<div class='card'>{head}<p class='error'>{escape(error)}</p></div>"
     pending = health.status.pending_segments
     backlog = (
         f"<span class='kv'><b>{pending}</b> of {threshold} segments pending</span>"
