@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.migrations import queries
+from airflow_provider_walthrottle.migrations.store import Progress
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,13 +33,7 @@ _MIGRATIONS = sql.SQL(
     """
 SELECT m.name, m.table_schema, m.table_name, m.column_name, m.status, m.total_rows, m.cursor_key,
        m.batch_size, m.rows_per_second, m.throttled_seconds, m.throttled_since, m.last_error,
-       m.created_at, m.updated_at, m.finished_at,
-       coalesce(sum(j.rows_affected), 0)::bigint AS rows_affected,
-       coalesce(sum(j.keys_done), 0)::bigint AS keys_done,
-       coalesce(sum(j.duration_seconds), 0)::float8 AS active_seconds,
-       count(j.id) FILTER (WHERE j.status = 'succeeded') AS jobs_succeeded,
-       count(j.id) FILTER (WHERE j.status NOT IN ('succeeded', 'split')) AS jobs_open,
-       now() AS read_at
+       m.created_at, m.updated_at, m.finished_at, {totals}, now() AS read_at
 FROM {migrations} AS m LEFT JOIN {jobs} AS j ON j.migration_name = m.name
 WHERE (%(dag_id)s::text IS NULL OR EXISTS (
     SELECT 1 FROM {jobs} AS f
@@ -48,7 +43,7 @@ WHERE (%(dag_id)s::text IS NULL OR EXISTS (
 GROUP BY m.name
 ORDER BY m.status = 'finished', m.updated_at DESC, m.name
 """
-).format(migrations=queries.MIGRATIONS, jobs=queries.JOBS)
+).format(totals=queries.JOB_TOTALS, migrations=queries.MIGRATIONS, jobs=queries.JOBS)
 
 _RECENT_JOBS = sql.SQL(
     """
@@ -163,11 +158,24 @@ class MigrationSummary:
         return self.throttled_seconds + max(open_wait, 0.0)
 
     @property
+    def progress(self) -> Progress:
+        """The migration's progress as the operator computes it, the wait still open included."""
+        return Progress(
+            rows_affected=self.rows_affected,
+            keys_done=self.keys_done,
+            total_rows=self.total_rows,
+            jobs_succeeded=self.jobs_succeeded,
+            jobs_open=self.jobs_open,
+            active_seconds=self.active_seconds,
+            throttled_seconds=self.throttled_seconds_total,
+            cursor_key=self.cursor_key,
+            status=self.status,
+        )
+
+    @property
     def percentage(self) -> float:
-        """Share of the planned keys that are done, 0 to 100."""
-        if self.status == "finished" or self.total_rows == 0:
-            return 100.0
-        return min(100.0, 100.0 * self.keys_done / self.total_rows)
+        """Share of the planned keys that are done, 0 to 100; 100 once finished."""
+        return 100.0 if self.status == "finished" else self.progress.percentage
 
     @property
     def eta_seconds(self) -> float | None:
@@ -175,12 +183,9 @@ class MigrationSummary:
 
         ``None`` when it cannot be told: nothing done yet, or the migration is paused or failed.
         """
-        elapsed = self.active_seconds + self.throttled_seconds_total
         if self.status == "finished":
             return 0.0
-        if self.status != "active" or self.keys_done == 0 or elapsed <= 0:
-            return None
-        return max(self.total_rows - self.keys_done, 0) * elapsed / self.keys_done
+        return self.progress.eta_seconds if self.status == "active" else None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the migration as JSON-ready values (timestamps in ISO 8601)."""

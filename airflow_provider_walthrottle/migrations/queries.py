@@ -92,6 +92,16 @@ SET_STATUS = sql.SQL(
 #: Note the WAL backlog a job's last health check saw: ``[pending segments, job id]``.
 NOTE_JOB_BACKLOG = sql.SQL("UPDATE {} SET pending_segments = %s WHERE id = %s").format(JOBS)
 
+#: A migration's jobs summed into its progress: select-list items over ``{migrations} AS m LEFT JOIN
+#: {jobs} AS j ON j.migration_name = m.name ... GROUP BY m.name``.
+JOB_TOTALS = sql.SQL(
+    """coalesce(sum(j.rows_affected), 0)::bigint AS rows_affected,
+       coalesce(sum(j.keys_done), 0)::bigint AS keys_done,
+       coalesce(sum(j.duration_seconds), 0)::float8 AS active_seconds,
+       count(j.id) FILTER (WHERE j.status = 'succeeded') AS jobs_succeeded,
+       count(j.id) FILTER (WHERE j.status NOT IN ('succeeded', 'split')) AS jobs_open"""
+)
+
 #: Record a sub-batch on its job, in the sub-batch's transaction, and return the WAL bytes written
 #: since ``%(wal_before)s`` (0 when NULL): the WAL position is read before this row's own change.
 RECORD_SUB_BATCH = sql.SQL(

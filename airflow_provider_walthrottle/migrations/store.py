@@ -730,16 +730,11 @@ WHERE name = %s AND throttled_since IS NOT NULL"""
             cursor.execute(
                 sql.SQL(
                     """
-SELECT m.total_rows, m.throttled_seconds, m.cursor_key, m.status,
-       coalesce(sum(j.rows_affected), 0)::bigint AS rows_affected,
-       coalesce(sum(j.keys_done), 0)::bigint AS keys_done,
-       count(j.id) FILTER (WHERE j.status = 'succeeded') AS jobs_succeeded,
-       count(j.id) FILTER (WHERE j.status NOT IN ('succeeded', 'split')) AS jobs_open,
-       coalesce(sum(j.duration_seconds), 0) AS active_seconds
-FROM {} AS m LEFT JOIN {} AS j ON j.migration_name = m.name
+SELECT m.total_rows, m.throttled_seconds, m.cursor_key, m.status, {totals}
+FROM {migrations} AS m LEFT JOIN {jobs} AS j ON j.migration_name = m.name
 WHERE m.name = %s
 GROUP BY m.name"""
-                ).format(queries.MIGRATIONS, queries.JOBS),
+                ).format(totals=queries.JOB_TOTALS, migrations=queries.MIGRATIONS, jobs=queries.JOBS),
                 [self.definition.name],
             )
             row = cursor.fetchone()
