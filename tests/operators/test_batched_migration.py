@@ -97,25 +97,30 @@ def test_bad_table_fails_before_any_row_is_touched(connection):
     assert set(counter_histogram(connection, "op_bad")) == {(True, 0), (False, 0)}
 
 
-def test_throttled_by_the_backlog_waits_then_continues(connection, monkeypatch):
+def run_opening_the_gate(connection, dag):
+    """Run the DAG while the gate is closed; open it after the operator's own connection and two
+    checks of its trigger (each check of the deferred wait opens a session). Return the run."""
     from tests.sensors.test_wal_archival import GateOpener
 
-    make_table(connection, "op_throttled", 3000)
-    monkeypatch.setenv(FLAG_ENV, "true")
-    connection.archive_one_segment()
-    connection.make_backlog(5)
-    dag, _ = migration_dag("op_throttled", max_pending_segments=3)
-    # each check of the deferred wait opens a session: open the gate after the operator's own
-    # connection and two checks of its trigger
     opener = GateOpener(connection, "postgres", checks=3)
-
     opener.start()
     try:
         dag_run = run_dag(dag)
     finally:
         opener.stop.set()
-
     assert opener.opened.is_set()
+    return dag_run
+
+
+def test_throttled_by_the_backlog_waits_then_continues(connection, monkeypatch):
+    make_table(connection, "op_throttled", 3000)
+    monkeypatch.setenv(FLAG_ENV, "true")
+    connection.archive_one_segment()
+    connection.make_backlog(5)
+    dag, _ = migration_dag("op_throttled", max_pending_segments=3)
+
+    dag_run = run_opening_the_gate(connection, dag)
+
     assert task_states(dag_run) == {"batch": "success"}
     result = xcom_of(dag_run, "batch")
     assert result["outcome"] == "completed"
@@ -136,22 +141,14 @@ def test_paused_migration_skips_then_resumes(connection):
 
 
 def test_too_little_headroom_waits_for_room_for_the_smallest_batch_then_runs(connection, monkeypatch):
-    from tests.sensors.test_wal_archival import GateOpener
-
     make_table(connection, "op_headroom", 3000)
     monkeypatch.setenv(FLAG_ENV, "true")
     connection.archive_one_segment()
     connection.make_backlog(3)  # at the threshold: "normal", but no room for any WAL
     dag, _ = migration_dag("op_headroom", max_pending_segments=3)
-    opener = GateOpener(connection, "postgres", checks=3)
 
-    opener.start()
-    try:
-        dag_run = run_dag(dag)
-    finally:
-        opener.stop.set()
+    dag_run = run_opening_the_gate(connection, dag)
 
-    assert opener.opened.is_set()
     assert task_states(dag_run) == {"batch": "success"}
     assert xcom_of(dag_run, "batch")["outcome"] == "completed"
     assert set(counter_histogram(connection, "op_headroom")) == {(True, 1), (False, 0)}
