@@ -134,10 +134,13 @@ class WalArchivalHook(PostgresHook):
         :raises InsufficientPrivilegeError: if the role may not even read the archiver statistics.
         """
         with self.connect(read_only=True) as conn:
-            try:
-                return read_archiver_status(conn, exact_up_to=exact_up_to)
-            except psycopg.Error as error:
-                raise self._query_error(error) from None
+            return self._read_archiver_status(conn, exact_up_to)
+
+    def _read_archiver_status(self, conn: psycopg.Connection[Any], exact_up_to: int | None) -> ArchiverStatus:
+        try:
+            return read_archiver_status(conn, exact_up_to=exact_up_to)
+        except psycopg.Error as error:
+            raise self._query_error(error) from None
 
     async def aget_archiver_status(self, *, exact_up_to: int | None = None) -> ArchiverStatus:
         """Measure the archiver's state and backlog once, with psycopg's ``AsyncConnection``.
@@ -171,13 +174,32 @@ class WalArchivalHook(PostgresHook):
         :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
         :raises InsufficientPrivilegeError: if the role may not read the state tables.
         """
+        with self.connect(read_only=True) as conn:
+            return self._read_migrations(conn, filters)
+
+    def get_archiver_status_and_migrations(
+        self, **filters: Any
+    ) -> tuple[ArchiverStatus, list[MigrationSummary]]:
+        """Measure the backlog (counted exactly) and read the batched migrations, on one connection.
+
+        :param filters: as for :meth:`get_migrations`.
+        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
+        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
+        :raises InsufficientPrivilegeError: if the role may not read the archiver statistics or
+            the state tables.
+        """
+        with self.connect(read_only=True) as conn:
+            return self._read_archiver_status(conn, None), self._read_migrations(conn, filters)
+
+    def _read_migrations(
+        self, conn: psycopg.Connection[Any], filters: dict[str, Any]
+    ) -> list[MigrationSummary]:
         from airflow_provider_walthrottle.migrations.catalog import read_migrations
 
-        with self.connect(read_only=True) as conn:
-            try:
-                return read_migrations(conn, **filters)
-            except psycopg.Error as error:
-                raise self._state_error(error, "read") from None
+        try:
+            return read_migrations(conn, **filters)
+        except psycopg.Error as error:
+            raise self._state_error(error, "read") from None
 
     def set_migration_paused(self, name: str, paused: bool) -> str:
         """Pause an active migration or resume a paused one; return its new status.

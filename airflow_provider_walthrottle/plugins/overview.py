@@ -113,17 +113,17 @@ def read_connection(conn_id: str, threshold: int, **filters: Any) -> ConnectionO
 
     :param conn_id: the Airflow connection.
     :param threshold: the threshold to compare the backlog with.
-    :param filters: passed to :meth:`~.WalArchivalHook.get_migrations`.
+    :param filters: passed to :meth:`~.WalArchivalHook.get_archiver_status_and_migrations`.
     """
     from airflow_provider_walthrottle.exceptions import WalThrottleError
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
     hook = WalArchivalHook(postgres_conn_id=conn_id)
     try:
-        health = evaluate_wal_archival(hook.get_archiver_status(), threshold)
-        migrations = hook.get_migrations(**filters)
+        status, migrations = hook.get_archiver_status_and_migrations(**filters)
     except WalThrottleError as error:
         return ConnectionOverview(conn_id=conn_id, health=None, error=str(error))
+    health = evaluate_wal_archival(status, threshold)
     return ConnectionOverview(conn_id=conn_id, health=health, migrations=tuple(migrations))
 
 
