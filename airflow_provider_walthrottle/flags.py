@@ -17,8 +17,11 @@ the semantics of GitLab's Flipper-based feature flags::
 or a DAG id) that is listed in ``actors`` or that falls in the ``percentage_of_actors`` bucket.
 
 Parsing (:func:`parse_flag_value`) and evaluation (:meth:`FlagState.is_enabled_for`) are pure; only
-:meth:`FeatureFlag.is_enabled` reads Airflow, and it never raises: a missing, unreadable or invalid
-Variable falls back to the flag's default, with one warning line for the last two.
+:meth:`FeatureFlag.is_enabled` reads Airflow, and it never raises. A missing Variable means the
+flag's documented default. A Variable that is set but cannot be read or parsed (``flase``) means
+the flag's *safe* value, if it has one, with one warning line that says so: the provider's safety
+switches fail to the side that protects the database (:func:`health_check_flag` reads as on, so
+migrations throttle; :func:`kill_switch` reads as off, so migrations stop).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ __all__ = [
     "FlagState",
     "InvalidFlagValueError",
     "actor_bucket",
+    "health_check_flag",
+    "kill_switch",
     "parse_flag_value",
 ]
 
@@ -215,22 +220,30 @@ class FeatureFlag:
     the next call. Inside a task or a trigger that means the configured secrets backend, then
     ``AIRFLOW_VAR_*``, then the API server; outside them (DAG parsing, scripts) Airflow 3 looks only at
     the configured secrets backend and ``AIRFLOW_VAR_*``, not at the metadata database, so a Variable
-    set with ``airflow variables set`` reads as missing there. The answer never raises: a
-    missing Variable gives ``default`` quietly; an unreadable or invalid one gives ``default`` after
-    one warning line naming the Variable, the value or error, and the accepted forms.
+    set with ``airflow variables set`` reads as missing there.
+
+    The answer never raises. A missing Variable gives ``default`` quietly. A Variable that cannot be
+    read (a secrets backend error) or parsed (a typo such as ``flase``) gives ``safe_value`` when the
+    flag has one, else ``default``, after one warning line naming the Variable, the value or error,
+    the answer chosen and why, and the accepted forms.
 
     :param variable_key: the Airflow Variable key, e.g. :data:`WAL_HEALTH_FLAG`.
-    :param default: the answer when the Variable is missing, unreadable or invalid.
+    :param default: the answer when the Variable is missing.
+    :param safe_value: the answer when the Variable is set but unreadable or invalid: the side that
+        protects the database. ``None`` (a flag with no safe side): ``default``.
     """
 
     variable_key: str
     default: bool = False
+    safe_value: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.variable_key, str) or not self.variable_key:
             raise TypeError(f"variable_key must be a non-empty string, got {self.variable_key!r} instead")
         if not isinstance(self.default, bool):
             raise TypeError(f"default must be a bool, got {self.default!r} instead")
+        if self.safe_value is not None and not isinstance(self.safe_value, bool):
+            raise TypeError(f"safe_value must be a bool or None, got {self.safe_value!r} instead")
 
     def is_enabled(self, actor: str | None = None) -> bool:
         """
@@ -241,35 +254,58 @@ class FeatureFlag:
         return self.state().is_enabled_for(actor, flag_key=self.variable_key)
 
     def state(self) -> FlagState:
-        """Read and parse the Variable now, falling back to a state that answers ``default`` for all."""
-        fallback = _ON if self.default else _OFF
+        """Read and parse the Variable now; fall back as the class describes when it is missing or bad."""
         try:
             from airflow.sdk import Variable
 
             raw = Variable.get(self.variable_key, default=None)
         except Exception as e:
-            log.warning(
-                "Feature flag Variable %s could not be read (%s: %s); using the default %s",
-                self.variable_key,
-                type(e).__name__,
-                _one_line(str(e)),
-                self.default,
-            )
-            return fallback
+            problem = f"could not be read ({type(e).__name__}: {_one_line(str(e))})"
+            return self._fallback_for_broken(problem)
         if raw is None:
             log.debug(
                 "Feature flag Variable %s is not set; using the default %s", self.variable_key, self.default
             )
-            return fallback
+            return _ON if self.default else _OFF
         try:
             return parse_flag_value(raw)
         except InvalidFlagValueError as e:
-            log.warning(
-                "Feature flag Variable %s has an invalid value %s (%s); using the default %s. Accepted: %s",
-                self.variable_key,
-                _short_repr(raw),
-                e.reason,
-                self.default,
-                ACCEPTED_FORMS,
-            )
-            return fallback
+            return self._fallback_for_broken(f"has an invalid value {_short_repr(raw)} ({e.reason})")
+
+    def _fallback_for_broken(self, problem: str) -> FlagState:
+        """Log one warning for a Variable that is set but unusable, and return the safe (or default) state."""
+        if self.safe_value is None:
+            answer = self.default
+            side = f"{'on' if answer else 'off'}, the default {answer}"
+        else:
+            answer = self.safe_value
+            side = f"{'on' if answer else 'off'}, the safe side that protects the database"
+        log.warning(
+            "Feature flag Variable %s %s; treating it as %s, until it is fixed. Accepted: %s",
+            self.variable_key,
+            problem,
+            side,
+            ACCEPTED_FORMS,
+        )
+        return _ON if answer else _OFF
+
+
+def health_check_flag(variable_key: str = WAL_HEALTH_FLAG, *, default: bool = False) -> FeatureFlag:
+    """Return the flag that turns a health check on, such as :data:`WAL_HEALTH_FLAG`.
+
+    Its safe side is on: a value that cannot be read or parsed makes migrations throttle.
+
+    :param variable_key: the Variable key.
+    :param default: the answer while the Variable is missing (off during a rollout).
+    """
+    return FeatureFlag(variable_key, default=default, safe_value=True)
+
+
+def kill_switch(variable_key: str = KILL_SWITCH_VARIABLE) -> FeatureFlag:
+    """Return the kill switch, :data:`KILL_SWITCH_VARIABLE` by default: on while missing.
+
+    Its safe side is off: a value that cannot be read or parsed stops every migration.
+
+    :param variable_key: the Variable key.
+    """
+    return FeatureFlag(variable_key, default=True, safe_value=False)

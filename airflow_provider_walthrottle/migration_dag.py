@@ -49,7 +49,8 @@ def wal_throttled_migration(
 
     Call it inside a ``with DAG(...)`` block. The sensor gates each run on the WAL backlog (behind
     the flag); the operator applies one batch and re-checks between sub-batches. Both use the same
-    connection, threshold and flag.
+    connection, threshold and flag, and both ask the flag for the migration's name, so an
+    ``actors`` list or a percentage rollout turns them on or off together.
 
     .. seealso::
         :doc:`/howto/migration_dag`
@@ -83,6 +84,8 @@ def wal_throttled_migration(
             max_pending_segments=max_pending_segments,
             flag_variable=flag_variable,
             flag_default=flag_default,
+            # the operator asks the flag for the migration's name: both must get the same answer
+            flag_actor=migration_name,
             poke_interval=poke_interval,
             retries=retries,
             retry_delay=retry_delay,

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,11 +17,14 @@ from airflow.sdk import Variable
 
 from airflow_provider_walthrottle.flags import (
     ACCEPTED_FORMS,
+    KILL_SWITCH_VARIABLE,
     WAL_HEALTH_FLAG,
     FeatureFlag,
     FlagState,
     InvalidFlagValueError,
     actor_bucket,
+    health_check_flag,
+    kill_switch,
     parse_flag_value,
 )
 
@@ -249,15 +253,24 @@ def test_percentage_is_deterministic_across_processes(hash_seed: str) -> None:
 def test_constants_and_repr() -> None:
     assert WAL_HEALTH_FLAG == "batched_migrations_health_status_wal"
     assert repr(FeatureFlag(WAL_HEALTH_FLAG)) == (
-        "FeatureFlag(variable_key='batched_migrations_health_status_wal', default=False)"
+        "FeatureFlag(variable_key='batched_migrations_health_status_wal', default=False, safe_value=None)"
     )
-    assert repr(FeatureFlag(KEY, default=True)) == f"FeatureFlag(variable_key='{KEY}', default=True)"
+    assert repr(FeatureFlag(KEY, default=True)) == (
+        f"FeatureFlag(variable_key='{KEY}', default=True, safe_value=None)"
+    )
+    # the safety switches: a health check's safe side is on (throttle), the kill switch's is off
+    assert health_check_flag() == FeatureFlag(WAL_HEALTH_FLAG, default=False, safe_value=True)
+    assert health_check_flag(KEY, default=True) == FeatureFlag(KEY, default=True, safe_value=True)
+    assert kill_switch() == FeatureFlag(KILL_SWITCH_VARIABLE, default=True, safe_value=False)
 
 
-@pytest.mark.parametrize(("key", "default"), [("", False), (None, False), (KEY, "yes"), (KEY, 1)])
-def test_constructor_rejects_bad_arguments(key: object, default: object) -> None:
+@pytest.mark.parametrize(
+    ("key", "default", "safe_value"),
+    [("", False, None), (None, False, None), (KEY, "yes", None), (KEY, 1, None), (KEY, False, "on")],
+)
+def test_constructor_rejects_bad_arguments(key: object, default: object, safe_value: object) -> None:
     with pytest.raises(TypeError):
-        FeatureFlag(key, default)  # type: ignore[arg-type]
+        FeatureFlag(key, default, safe_value)  # type: ignore[arg-type]
 
 
 def test_airflow_reads_env_variables_outside_a_task(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -397,3 +410,64 @@ def test_each_call_reads_the_current_value(monkeypatch: pytest.MonkeyPatch) -> N
     assert flag.is_enabled() is True
     monkeypatch.delenv(ENV)
     assert flag.is_enabled() is False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Safety switches fail to the safe side: a Variable that is set but unusable protects the database
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["flase", "maybe", "", '{"enabeld": true}', "{"])
+@pytest.mark.parametrize(
+    ("make_flag", "safe", "word"),
+    [
+        (lambda: health_check_flag(KEY, default=False), True, "on"),
+        (lambda: health_check_flag(KEY, default=True), True, "on"),
+        (lambda: kill_switch(KEY), False, "off"),
+    ],
+    ids=["health-check-default-off", "health-check-default-on", "kill-switch"],
+)
+def test_invalid_value_of_a_safety_switch_reads_as_its_safe_side(
+    raw: str,
+    make_flag: Any,
+    safe: bool,
+    word: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv(ENV, raw)
+    flag = make_flag()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        assert flag.is_enabled() is safe
+        assert flag.is_enabled("migration_a") is safe
+    first = flag_warnings(caplog)[0].getMessage()
+    assert KEY in first and repr(raw) in first
+    assert f"treating it as {word}, the safe side that protects the database" in first
+    assert "\n" not in first
+
+
+@pytest.mark.parametrize(
+    ("make_flag", "safe"),
+    [(lambda: health_check_flag(KEY), True), (lambda: kill_switch(KEY), False)],
+    ids=["health-check", "kill-switch"],
+)
+def test_unreadable_safety_switch_reads_as_its_safe_side(
+    make_flag: Any, safe: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A secrets backend that fails cannot be run here; Variable.get raising stands in for it.
+    def broken_get(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("vault sealed")
+
+    monkeypatch.setattr(Variable, "get", broken_get)
+    assert make_flag().is_enabled("migration_a") is safe
+    [record] = flag_warnings(caplog)
+    assert "could not be read (RuntimeError: vault sealed)" in record.getMessage()
+    assert "the safe side" in record.getMessage()
+
+
+@pytest.mark.usefixtures("unset_var")
+def test_a_missing_safety_switch_still_means_its_documented_default(caplog: pytest.LogCaptureFixture) -> None:
+    assert health_check_flag(KEY).is_enabled("migration_a") is False
+    assert health_check_flag(KEY, default=True).is_enabled("migration_a") is True
+    assert kill_switch(KEY).is_enabled("migration_a") is True
+    assert flag_warnings(caplog) == []

@@ -6,7 +6,7 @@ import datetime
 import uuid
 
 from airflow_provider_walthrottle import BatchedMigrationOperator, WalArchivalSensor, batched_migration_dag
-from tests.dag_testing import run_dag, task_states
+from tests.dag_testing import run_dag, task_states, xcom_of
 from tests.migrations.conftest import INCREMENT, SCOPE, counter_histogram, make_table
 
 START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -60,3 +60,18 @@ def test_the_dag_applies_batches_then_skips(monkeypatch, migration_db):
     }
     assert task_states(second)["helper_table.apply_batch"] == "skipped"
     assert set(counter_histogram(migration_db, "helper_table")) == {(True, 1), (False, 0)}
+
+
+def test_sensor_and_operator_ask_the_flag_as_the_same_actor(monkeypatch, migration_db):
+    # an actors list names migrations: both the sensor and the operator must see themselves in it
+    monkeypatch.setenv("AIRFLOW_CONN_HELPER_DB", migration_db.uri())
+    monkeypatch.setenv("AIRFLOW_VAR_BATCHED_MIGRATIONS_HEALTH_STATUS_WAL", '{"actors": ["actor_table"]}')
+    make_table(migration_db, "actor_table", 1000)
+    dag = make_dag("actor_table")
+
+    sensor = dag.get_task("actor_table.wait_for_wal_archival")
+    assert sensor.actor == dag.get_task("actor_table.apply_batch").migration_name == "actor_table"
+    dag_run = run_dag(dag)
+
+    assert task_states(dag_run)["actor_table.apply_batch"] == "success"
+    assert xcom_of(dag_run, "actor_table.wait_for_wal_archival")["checked"] is True

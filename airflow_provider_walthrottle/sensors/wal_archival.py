@@ -7,9 +7,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
-from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG, FeatureFlag
+from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG, health_check_flag
 from airflow_provider_walthrottle.health import (
     DEFAULT_MAX_PENDING_SEGMENTS,
     HealthUnavailableError,
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from airflow_provider_walthrottle.flags import FeatureFlag
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
 
@@ -48,17 +49,30 @@ class WalArchivalSensor(BaseSensorOperator):
     :param max_pending_segments: the most segments that may wait; only a backlog *above* it waits.
         (templated)
     :param flag_variable: the Airflow Variable holding the feature flag. (templated)
-    :param flag_default: the flag's answer while the Variable is missing or unreadable. Off during the
-        rollout; ``True`` once the check is released to everybody, so the Variable can be deleted.
+    :param flag_default: the flag's answer while the Variable is missing. Off during the rollout;
+        ``True`` once the check is released to everybody, so the Variable can be deleted. A value
+        that cannot be read or parsed reads as on (check), the safe side.
     :param on_unavailable: what a reading of "not available" (archiving off, or a standby that does
         not archive) or "unknown" does: ``"wait"`` (default, the safe choice: a wrong connection
         never lets a migration run unthrottled), ``"proceed"`` or ``"fail"``.
     :param database: a database name that overrides the connection's schema. (templated)
-    :param deferrable: wait in the triggerer instead of rescheduling the task.
+    :param flag_actor: who asks the flag, for ``actors`` lists and percentage rollouts: the DAG id by
+        default; :func:`~airflow_provider_walthrottle.migration_dag.wal_throttled_migration` passes
+        the migration's name, so that its sensor and its operator are always both on or both off.
+        (templated)
+    :param deferrable: wait in the triggerer instead of rescheduling the task. The wait ends after
+        ``timeout`` seconds either way (with ``AirflowSensorTimeout``, or skipped with ``soft_fail``):
+        the trigger keeps the deadline itself, so ``dag.test()`` honours it too.
     :param poke_interval: seconds between two checks.
     """
 
-    template_fields: Sequence[str] = ("postgres_conn_id", "max_pending_segments", "flag_variable", "database")
+    template_fields: Sequence[str] = (
+        "postgres_conn_id",
+        "max_pending_segments",
+        "flag_variable",
+        "database",
+        "flag_actor",
+    )
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -70,6 +84,7 @@ class WalArchivalSensor(BaseSensorOperator):
         flag_default: bool = False,
         on_unavailable: str | OnUnavailable = OnUnavailable.WAIT,
         database: str | None = None,
+        flag_actor: str | None = None,
         deferrable: bool = True,
         poke_interval: datetime.timedelta | float = 60,
         mode: str = "reschedule",
@@ -84,6 +99,7 @@ class WalArchivalSensor(BaseSensorOperator):
         self.flag_default = flag_default
         self.on_unavailable = OnUnavailable.parse(on_unavailable)
         self.database = database
+        self.flag_actor = flag_actor
         self.deferrable = deferrable
 
     @cached_property
@@ -93,6 +109,11 @@ class WalArchivalSensor(BaseSensorOperator):
         from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
         return WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
+
+    @property
+    def actor(self) -> str:
+        """Who asks the flag: ``flag_actor``, else the DAG id."""
+        return self.flag_actor or self.dag_id
 
     @property
     def threshold(self) -> int:
@@ -112,23 +133,28 @@ class WalArchivalSensor(BaseSensorOperator):
             return first.xcom_value if isinstance(first, PokeReturnValue) else None
         from airflow_provider_walthrottle.triggers.wal_archival import WalArchivalTrigger
 
+        timeout = datetime.timedelta(seconds=self.timeout)
         self.defer(
             trigger=WalArchivalTrigger(
                 postgres_conn_id=self.postgres_conn_id,
                 max_pending_segments=self.threshold,
                 flag_variable=self.flag_variable,
                 flag_default=self.flag_default,
-                actor=self.dag_id,
+                actor=self.actor,
                 on_unavailable=self.on_unavailable.value,
                 poll_interval=self.poke_interval,
                 database=self.database,
+                deadline=datetime.datetime.now(datetime.timezone.utc) + timeout,
             ),
             method_name="execute_complete",
-            timeout=datetime.timedelta(seconds=self.timeout),
+            timeout=timeout,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Finish after the trigger fired: fail on an error event, else return the XCom value."""
+        """Finish after the trigger fired: time out or fail as the event says, else return the XCom value."""
+        if event.get("status") == "timeout":
+            # soft_fail turns this into a skip (BaseSensorOperator.resume_execution)
+            raise AirflowSensorTimeout(f"Sensor timed out after {self.timeout:g}s: {event['message']}")
         if event.get("status") != "success":
             raise AirflowException(event.get("message", f"WAL archival trigger failed: {event!r}"))
         if not event["checked"]:
@@ -140,7 +166,7 @@ class WalArchivalSensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue:
         """Check the flag, then the backlog; log one line saying what was found and what happens."""
         threshold = self.threshold
-        if not self._flag().is_enabled(self.dag_id):
+        if not self._flag().is_enabled(self.actor):
             self.log.info(
                 "Feature flag %s is off: WAL archival check skipped, database not contacted. "
                 "Turn it on with `airflow variables set %s true`.",
@@ -153,7 +179,7 @@ class WalArchivalSensor(BaseSensorOperator):
         )
         try:
             proceed = record_decision(
-                task_stats(), health, self.on_unavailable, conn_id=self.postgres_conn_id, actor=self.dag_id
+                task_stats(), health, self.on_unavailable, conn_id=self.postgres_conn_id, actor=self.actor
             )
         except HealthUnavailableError as error:
             raise AirflowException(str(error)) from None
@@ -168,7 +194,7 @@ class WalArchivalSensor(BaseSensorOperator):
 
     def _flag(self) -> FeatureFlag:
         """The flag, with the rendered Variable key."""
-        return FeatureFlag(self.flag_variable, default=self.flag_default)
+        return health_check_flag(self.flag_variable, default=self.flag_default)
 
     def _unchecked_result(self) -> dict[str, Any]:
         return {"checked": False, "flag_variable": self.flag_variable, "signal": None}

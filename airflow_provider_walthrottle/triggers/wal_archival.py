@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
 from airflow_provider_walthrottle.exceptions import WalThrottleError
-from airflow_provider_walthrottle.flags import FeatureFlag
+from airflow_provider_walthrottle.flags import health_check_flag
 from airflow_provider_walthrottle.health import (
     HealthUnavailableError,
     OnUnavailable,
@@ -29,13 +30,15 @@ class WalArchivalTrigger(BaseTrigger):
 
     Fires one event: ``{"status": "success", "checked": bool, "health": dict | None}`` once the
     backlog is at or below the threshold (or the flag is off, or ``on_unavailable`` lets it pass),
-    or ``{"status": "error", "message": str}`` when the check cannot be made.
+    ``{"status": "timeout", "message": str}`` when ``deadline`` passes first, or
+    ``{"status": "error", "message": str}`` when the check cannot be made.
 
     :param postgres_conn_id: the Airflow connection to the PostgreSQL server.
     :param max_pending_segments: the most segments that may wait.
     :param flag_variable: the Airflow Variable holding the feature flag; re-read on every poll, so
         turning the flag off releases the wait.
-    :param flag_default: the flag's answer while the Variable is missing or unreadable.
+    :param flag_default: the flag's answer while the Variable is missing (a value that cannot be
+        read or parsed reads as on).
     :param actor: who asks, for a percentage rollout of the flag (a DAG id or migration name).
     :param on_unavailable: what a "not available" or "unknown" reading does.
     :param poll_interval: the most seconds between two checks. While the backlog drains, the next
@@ -44,6 +47,9 @@ class WalArchivalTrigger(BaseTrigger):
         allows, not up to a whole ``poll_interval`` later (see :func:`next_check_in`).
     :param database: a database name that overrides the connection's schema.
     :param min_poll_interval: the fewest seconds between two checks.
+    :param deadline: when the wait ends with a ``timeout`` event if the backlog has not drained. The
+        trigger keeps it itself, so a wait ends on time even where the deferral's own timeout is
+        not enforced (``dag.test()`` and ``airflow dags test`` run triggers inline and ignore it).
     """
 
     def __init__(
@@ -58,8 +64,12 @@ class WalArchivalTrigger(BaseTrigger):
         poll_interval: float,
         database: str | None = None,
         min_poll_interval: float = 1.0,
+        deadline: datetime.datetime | None = None,
     ) -> None:
         super().__init__()
+        if deadline is not None and deadline.tzinfo is None:
+            raise ValueError(f"deadline must be timezone-aware, got {deadline!r}")
+        self.deadline = deadline
         self.min_poll_interval = min_poll_interval
         self.postgres_conn_id = postgres_conn_id
         self.max_pending_segments = max_pending_segments
@@ -84,6 +94,7 @@ class WalArchivalTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "database": self.database,
                 "min_poll_interval": self.min_poll_interval,
+                "deadline": self.deadline,
             },
         )
 
@@ -91,7 +102,7 @@ class WalArchivalTrigger(BaseTrigger):
         """Check, then sleep ``poll_interval`` seconds, until one event can be fired."""
         from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
-        flag = FeatureFlag(self.flag_variable, default=self.flag_default)
+        flag = health_check_flag(self.flag_variable, default=self.flag_default)
         hook = WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
         on_unavailable = OnUnavailable.parse(self.on_unavailable)
         loop = asyncio.get_running_loop()
@@ -126,6 +137,17 @@ class WalArchivalTrigger(BaseTrigger):
                 min_interval=self.min_poll_interval,
             )
             previous = (now, pending) if pending is not None else None
+            remaining = self._seconds_to_deadline()
+            if remaining is not None and remaining <= 0:
+                message = (
+                    f"WAL archival on {self.postgres_conn_id} did not drain by the deadline "
+                    f"{self.deadline:%Y-%m-%d %H:%M:%S %Z}: {health.summary()}"
+                )
+                self.log.info("%s; the wait ends", message)
+                yield TriggerEvent({"status": "timeout", "message": message})
+                return
+            if remaining is not None:
+                delay = min(delay, remaining)
             self.log.info(
                 "WAL archival on %s: %s; waiting, next check in %.3gs",
                 self.postgres_conn_id,
@@ -133,6 +155,11 @@ class WalArchivalTrigger(BaseTrigger):
                 delay,
             )
             await asyncio.sleep(delay)
+
+    def _seconds_to_deadline(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return (self.deadline - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
 
 
 #: Seconds before the second check of a wait, at most: soon enough to measure how fast it drains.

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from airflow.sdk import DAG
+from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_walthrottle import WalArchivalSensor
 from tests.dag_testing import run_dag, task_states, xcom_of
@@ -21,10 +22,8 @@ def sensor_dag(**sensor_kwargs):
     with DAG(f"wal_sensor_{uuid.uuid4().hex[:8]}", schedule=None, start_date=START, catchup=False) as dag:
         WalArchivalSensor(
             task_id="wait_for_wal",
-            poke_interval=0.5,
-            timeout=120,
             on_failure_callback=lambda context: failures.append(context.get("exception")),
-            **sensor_kwargs,
+            **{"poke_interval": 0.5, "timeout": 120, **sensor_kwargs},
         )
     return dag, failures
 
@@ -49,11 +48,83 @@ def test_flag_off_passes_at_once_without_any_database(monkeypatch):
     }
 
 
-def test_unreadable_flag_value_falls_back_to_off(monkeypatch):
-    monkeypatch.setenv(FLAG_ENV, "maybe")
-    dag, _ = sensor_dag(postgres_conn_id="no_such_connection")
+class Watchdog(threading.Thread):
+    """Open the archive gate if the test is still running after ``seconds``.
 
-    assert task_states(run_dag(dag)) == {"wait_for_wal": "success"}
+    A wait that ignores its timeout would otherwise wait forever; once the gate opens it ends, and
+    the test's assertions report what went wrong.
+    """
+
+    def __init__(self, cluster, seconds=120):
+        super().__init__(daemon=True)
+        self.cluster, self.seconds = cluster, seconds
+        self.done = threading.Event()
+        self.fired = False
+
+    def run(self):
+        if not self.done.wait(self.seconds):
+            self.fired = True
+            self.cluster.open_gate()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.done.set()
+        self.join()
+
+
+@pytest.fixture
+def backlog_above_3(pg_drained):
+    """The shared cluster with 5 segments waiting behind a closed gate: above a threshold of 3."""
+    pg_drained.archive_one_segment()
+    pg_drained.make_backlog(5)
+    return pg_drained
+
+
+def test_invalid_flag_value_reads_as_on_and_checks(monkeypatch, backlog_above_3, connection):
+    # a typo of "false" during an incident must not turn the throttle off
+    monkeypatch.setenv(FLAG_ENV, "flase")
+    dag, failures = sensor_dag(postgres_conn_id=connection, max_pending_segments=3, timeout=3)
+
+    with Watchdog(backlog_above_3) as watchdog:
+        states = task_states(run_dag(dag))
+
+    assert not watchdog.fired, "the sensor waited past its timeout"
+    assert states == {"wait_for_wal": "failed"}
+    assert isinstance(failures[0], AirflowSensorTimeout)
+    assert "5 WAL segments pending archival > threshold 3" in str(failures[0])
+
+
+@pytest.mark.parametrize(
+    ("soft_fail", "state"), [(False, "failed"), (True, "skipped")], ids=["timeout", "soft_fail"]
+)
+def test_a_deferred_wait_ends_at_the_sensors_timeout(
+    monkeypatch, backlog_above_3, connection, soft_fail, state
+):
+    # dag.test() runs the trigger inline and ignores the deferral's timeout: the trigger's own
+    # deadline must end the wait
+    monkeypatch.setenv(FLAG_ENV, "true")
+    dag, failures = sensor_dag(
+        postgres_conn_id=connection, max_pending_segments=3, timeout=3, soft_fail=soft_fail
+    )
+
+    with Watchdog(backlog_above_3) as watchdog:
+        states = task_states(run_dag(dag))
+
+    assert not watchdog.fired, "the deferred sensor waited past its timeout"
+    assert states == {"wait_for_wal": state}
+    if state == "failed":
+        assert isinstance(failures[0], AirflowSensorTimeout)
+        assert "Sensor timed out after 3s" in str(failures[0])
+
+
+def test_flag_actor_decides_who_asks_the_flag(monkeypatch, pg_drained, connection):
+    monkeypatch.setenv(FLAG_ENV, '{"actors": ["orders_backfill"]}')
+    for actor, checked in (("orders_backfill", True), ("another_migration", False), (None, False)):
+        dag, _ = sensor_dag(postgres_conn_id=connection, flag_actor=actor)
+        assert xcom_of(run_dag(dag), "wait_for_wal")["checked"] is checked, actor
 
 
 class GateOpener(threading.Thread):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import importlib
 import socket
 
@@ -31,13 +32,23 @@ async def first_event(trigger, timeout):
     return await asyncio.wait_for(anext(trigger.run()), timeout)
 
 
-def test_serialize_round_trip():
-    trigger = make_trigger("primary", database="app")
+DEADLINE = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.timezone.utc)
+
+
+@pytest.mark.parametrize("deadline", [None, DEADLINE])
+def test_serialize_round_trip(deadline):
+    trigger = make_trigger("primary", database="app", deadline=deadline)
     classpath, kwargs = trigger.serialize()
     module, _, name = classpath.rpartition(".")
     rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
     assert kwargs["database"] == "app"
+    assert kwargs["deadline"] == deadline
+
+
+def test_a_naive_deadline_is_refused():
+    with pytest.raises(ValueError, match="deadline must be timezone-aware"):
+        make_trigger("primary", deadline=datetime.datetime(2026, 12, 1, 12, 0))
 
 
 @pytest.fixture
@@ -63,6 +74,19 @@ def test_waits_above_threshold_then_fires_once_drained(backlogged):
     assert event.payload["checked"] is True
     assert event.payload["health"]["signal"] == "normal"
     assert event.payload["health"]["status"]["pending_segments"] <= 3
+
+
+def test_the_wait_ends_with_a_timeout_event_at_its_deadline(backlogged):
+    deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1.5)
+    # polls every 60 s: only the deadline can end this wait within the test's 20 s
+    trigger = make_trigger("trigger_primary", poll_interval=60, deadline=deadline)
+
+    event = asyncio.run(first_event(trigger, timeout=20))
+
+    assert event.payload["status"] == "timeout"
+    assert "did not drain by the deadline" in event.payload["message"]
+    assert "5 WAL segments pending archival > threshold 3" in event.payload["message"]
+    assert datetime.datetime.now(datetime.timezone.utc) >= deadline
 
 
 def test_turning_the_flag_off_releases_the_wait(backlogged, monkeypatch):
