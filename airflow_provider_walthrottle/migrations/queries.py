@@ -120,6 +120,36 @@ WHERE id = %(id)s
 RETURNING written.wal_bytes"""
 ).format(jobs=JOBS)
 
+#: One row if the migration is registered: ``[name]``.
+MIGRATION_EXISTS = sql.SQL("SELECT 1 FROM {} WHERE name = %s").format(MIGRATIONS)
+
+#: Fail a migration with its reason: ``[error, name]``. Takes the migration's row lock.
+FAIL_MIGRATION = sql.SQL(
+    "UPDATE {} SET status = 'failed', last_error = %s, updated_at = now() WHERE name = %s"
+).format(MIGRATIONS)
+
+#: Stop the jobs still ``running`` under a migration that failed: ``[reason, name]``; they become
+#: ``paused`` (they resume where they stopped, without an attempt used, once the migration is
+#: active again) and a live worker stops at its next sub-batch. Takes the jobs' row locks.
+STOP_RUNNING_JOBS = sql.SQL(
+    "UPDATE {} SET status = 'paused', last_error = %s WHERE migration_name = %s AND status = 'running'"
+).format(JOBS)
+
+#: Mark a job this session holds ``failed`` with its reason: ``[error, id]``. Returns nothing.
+FAIL_JOB = sql.SQL(
+    "UPDATE {} SET status = 'failed', last_error = %s WHERE id = %s AND status = 'running'"
+).format(JOBS)
+
+#: A job's status and error with its migration's: ``[id]``; one row (``job_status``,
+#: ``job_error``, ``migration_status``, ``migration_error``), or none if the job is gone.
+JOB_AND_MIGRATION_STATUS = sql.SQL(
+    """
+SELECT j.status AS job_status, j.last_error AS job_error, m.status AS migration_status,
+       m.last_error AS migration_error
+FROM {jobs} AS j JOIN {migrations} AS m ON m.name = j.migration_name
+WHERE j.id = %s"""
+).format(jobs=JOBS, migrations=MIGRATIONS)
+
 #: Serializes the creation of the state tables (transaction-scoped).
 LOCK_STATE_CREATION = sql.SQL("SELECT pg_advisory_xact_lock({}, 0)").format(sql.Literal(LOCK_NAMESPACE))
 
@@ -190,8 +220,11 @@ def next_range(
 ) -> sql.Composed:
     """Return a query for the next range of at most ``%(rows)s`` keys after ``%(after)s``, up to ``%(last)s``.
 
-    It returns the range's ``first`` and ``last`` key (as text) and its number of ``keys``, walking
-    the key's unique index; ``inclusive`` makes the range start at ``%(after)s`` itself.
+    It returns the range's ``first`` and ``last`` key (as text), its number of ``keys`` and
+    ``in_range``, walking the key's unique index; ``inclusive`` makes the range start at
+    ``%(after)s`` itself. ``in_range`` is false when a key it found lies outside the bounds (by the
+    key's own type and collation): a scope that escapes its ``AND (...)`` did that, and the range
+    must not be used.
     ``%(rows)s`` NULL means no limit. The ends come from ``min``/``max`` for the key types in
     :data:`MIN_MAX_KEY_TYPES` (one pass, no sort), else from sorted ``array_agg`` (uuid).
 
@@ -212,7 +245,8 @@ def next_range(
     position = sql.SQL(", pg_current_wal_insert_lsn()::text AS wal_position") if wal_position else sql.SQL("")
     return sql.SQL(
         """
-SELECT {ends}, count(*) AS keys{position}
+SELECT {ends}, count(*) AS keys,
+       coalesce(bool_and(k {op} %(after)s AND k <= %(last)s), true) AS in_range{position}
 FROM (
     SELECT {col} AS k FROM {table}
     WHERE {col} {op} %(after)s AND {col} <= %(last)s{scope}

@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from airflow_provider_walthrottle.migrations.definition import (
+    MigrationDefinitionError,
+    whole_number,
+)
 from airflow_provider_walthrottle.migrations.optimizer import (
     BatchObservation,
     BatchSizeDecision,
@@ -29,6 +33,9 @@ from airflow_provider_walthrottle.migrations.store import (
     MigrationStateError,
     MigrationStore,
     Progress,
+    RangeEscapedError,
+    SubBatchResult,
+    attempts_used_up,
 )
 
 if TYPE_CHECKING:
@@ -71,9 +78,11 @@ class RunSettings:
 
     :param sub_batch_size: keys per ``batch_sql`` statement.
     :param pause_ms: milliseconds to sleep between sub-batches.
-    :param max_attempts: starts of a job before the migration fails, as in GitLab (3).
+    :param max_attempts: attempts of a job before the migration fails, as in GitLab (3). Only an
+        error raised by the batch's own SQL ends an attempt: a job whose worker or connection was
+        lost is taken over where it stopped, on the same attempt.
     :param split_after_attempts: after this many timed-out attempts, a job's range is split in two.
-    :param statement_timeout_ms: ``statement_timeout`` for each sub-batch, if any.
+    :param statement_timeout_ms: ``statement_timeout`` for each sub-batch; ``None`` or 0 for none.
     :param max_pending_segments: the WAL threshold, for the batch-size optimizer.
     :param policy: bounds and time target of the batch size.
     :param recheck_seconds: between sub-batches, the backlog check is skipped while the last count
@@ -90,6 +99,14 @@ class RunSettings:
     max_pending_segments: int = 42
     policy: BatchSizePolicy = field(default_factory=BatchSizePolicy)
     recheck_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        whole_number("sub_batch_size", self.sub_batch_size, minimum=1, unit="rows")
+        whole_number("pause_ms", self.pause_ms, minimum=0, unit="milliseconds")
+        whole_number("max_attempts", self.max_attempts, minimum=1, unit="attempts")
+        whole_number("split_after_attempts", self.split_after_attempts, minimum=1, unit="attempts")
+        if self.statement_timeout_ms is not None:
+            whole_number("statement_timeout_ms", self.statement_timeout_ms, minimum=0, unit="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -170,8 +187,11 @@ def run_one_batch(
     :param try_number: recorded on the job.
     :param log: receives one line per sub-batch.
     :param sleep: how to pause between sub-batches.
-    :raises JobFailedError: when ``batch_sql`` fails; the job is released first.
-    :raises MigrationStateError: when the migration failed earlier.
+    :raises JobFailedError: when ``batch_sql`` fails, or the connection is lost; the job is released
+        first (or, with the connection gone, left to be taken over where it stopped).
+    :raises MigrationStateError: when the migration failed, earlier or now: a range query found keys
+        outside its bounds (:class:`RangeEscapedError`), before anything of it was applied.
+    :raises MigrationDefinitionError: when the table or its column is gone; the job is paused.
     """
     migration = store.load()
     if migration.status != "active":
@@ -226,9 +246,17 @@ def run_one_batch(
 
     while True:
         try:
-            result = store.run_sub_batch(job, settings.sub_batch_size, settings.statement_timeout_ms)
-        except psycopg.Error as error:
-            raise _job_failed(store, job, error, settings) from error
+            result = _sub_batch(store, job, settings)
+        except JobFailedError:
+            raise  # the job was released as the error said
+        except RangeEscapedError as error:
+            # a bug in the definition, not an error to retry: the job and the migration fail
+            store.fail_job(job, str(error), migration_error=str(error))
+            raise
+        except MigrationDefinitionError as error:
+            # the table is gone: nothing can run until it is back, and then the job resumes
+            _release_quietly(store, job, "paused", str(error))
+            raise
         except BaseException:
             # not the statement's fault (an interrupt, a lost connection): leave the job to a retry
             _release_quietly(store, job, "paused")
@@ -294,39 +322,59 @@ def _check_is_due(
 
 def _settled(store: MigrationStore, status: str) -> BatchResult:
     if status == "failed":
-        raise MigrationStateError(
-            f"migration {store.definition.name!r} failed: a job used up its attempts "
-            f"(last error: {store.load().last_error}); fix the cause, then reset that job's attempts "
-            "and the migration's status to active"
-        )
+        error = store.load().last_error or "no reason was recorded"
+        raise MigrationStateError(f"migration {store.definition.name!r} failed: {error}")
     outcome = {"paused": Outcome.PAUSED, "finished": Outcome.FINISHED}[status]
     return BatchResult(outcome, store.progress())
+
+
+def _sub_batch(store: MigrationStore, job: Job, settings: RunSettings) -> SubBatchResult:
+    """Run the job's next sub-batch; turn an error of its SQL into a :class:`JobFailedError`."""
+    try:
+        return store.run_sub_batch(job, settings.sub_batch_size, settings.statement_timeout_ms)
+    except psycopg.Error as error:
+        raise _job_failed(store, job, error, settings) from error
 
 
 def _job_failed(
     store: MigrationStore, job: Job, error: psycopg.Error, settings: RunSettings
 ) -> JobFailedError:
-    """Release a job whose statement failed: split it, retry it later, or fail the migration."""
+    """Release a job whose statement failed: split it, retry it later, or fail the migration.
+
+    Only an error of the batch's own SQL uses the attempt: with the connection lost, the job stays
+    ``running`` under no lock, and the next claim takes it over where it stopped, on this attempt.
+    """
     reason = " ".join(str(error).split())
-    where = (
-        f"migration {store.definition.name!r}, job {job.id} (keys {job.start_key}..{job.end_key}), "
-        f"attempt {job.attempts}/{settings.max_attempts}"
-    )
-    if store.conn.broken:
-        return JobFailedError(f"{where}: lost the connection: {reason}", final=False)
+    job_name = f"job {job.id} (keys {job.start_key}..{job.end_key})"
+    where = f"migration {store.definition.name!r}, {job_name}, attempt {job.attempts}/{settings.max_attempts}"
+    if _lost_connection(store, error):
+        return JobFailedError(
+            f"{where}: lost the connection ({reason}); no attempt used, the job resumes where it stopped",
+            final=False,
+        )
     splittable = isinstance(error, SPLITTABLE_ERRORS) and job.attempts >= settings.split_after_attempts
     if splittable and store.split(job, reason):
         return JobFailedError(f"{where}: {reason}; its range was split in two for the retry", final=False)
-    store.release(job, status="failed", error=reason)
     if job.attempts >= settings.max_attempts:
-        store.fail_migration(f"job {job.id} (keys {job.start_key}..{job.end_key}): {reason}")
+        store.fail_job(job, reason, migration_error=attempts_used_up(job_name, job.attempts, reason))
         return JobFailedError(f"{where}: {reason}; the migration fails", final=True)
+    store.fail_job(job, reason)
     return JobFailedError(f"{where}: {reason}; it will be retried", final=False)
 
 
-def _release_quietly(store: MigrationStore, job: Job, status: str) -> None:
+#: SQLSTATEs that say the session is gone, not that the statement is wrong: class 08 (connection
+#: exception), and the server shutting down or starting (57P01 to 57P03).
+_SESSION_LOST = ("08", "57P01", "57P02", "57P03")
+
+
+def _lost_connection(store: MigrationStore, error: psycopg.Error) -> bool:
+    """Whether ``error`` means the connection was lost rather than the batch's SQL failing."""
+    return store.conn.closed or store.conn.broken or (error.sqlstate or "").startswith(_SESSION_LOST)
+
+
+def _release_quietly(store: MigrationStore, job: Job, status: str, error: str | None = None) -> None:
     """Release a job on the way out of an exception, if the connection still works."""
     if store.conn.closed or store.conn.broken:
         return
     with contextlib.suppress(psycopg.Error):  # the connection's end releases the lock anyway
-        store.release(job, status=status)
+        store.release(job, status=status, error=error)

@@ -9,6 +9,7 @@ finds the job orphaned and runs it again at once, without waiting for a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from airflow_provider_walthrottle.migrations import queries
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition, MigrationDefinitionError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 #: Key column types the migration can walk, and how their text form is read back.
 KEY_TYPES: dict[str, Callable[[str], Any]] = {
@@ -40,6 +41,18 @@ SPLITTABLE_ERRORS = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailab
 
 class MigrationStateError(RuntimeError):
     """The migration cannot go on: it failed, or its state says so. The message says why."""
+
+
+class RangeEscapedError(MigrationStateError):
+    """A range query found keys outside its bounds: the scope escaped its ``AND (...)``.
+
+    Nothing of that range was applied; the migration fails with this message, which is a bug in its
+    definition, not an error to retry.
+    """
+
+
+#: Errors of a query on the migration's table that mean the table, or a column it names, is gone.
+TABLE_GONE_ERRORS = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,19 @@ class Progress:
         if self.keys_done == 0 or elapsed <= 0:
             return None
         return max(self.total_rows - self.keys_done, 0) * elapsed / self.keys_done
+
+
+def attempts_used_up(job: str, attempts: int, error: str | None) -> str:
+    """Return the reason a migration failed when one of its jobs used up its attempts.
+
+    :param job: the job, e.g. ``job 7 (keys 1..100)``.
+    :param attempts: its failed attempts.
+    :param error: the last one's error.
+    """
+    return (
+        f"{job} failed {attempts} times, the last with: {error or 'an error that was not recorded'}; "
+        "fix the cause, then set that job's attempts to 0 and the migration's status to active"
+    )
 
 
 class MigrationStore:
@@ -203,14 +229,23 @@ class MigrationStore:
         """Record the migration at its first run, with its key bounds; check it on later runs.
 
         :param batch_size: the first batch size.
-        :raises MigrationDefinitionError: if the name is taken by a migration that does something else.
+        :raises MigrationDefinitionError: if the name is taken by a migration that does something else,
+            or the table or its key column is not fit (or no longer fit) to walk.
         """
-        key_type = self.inspect_key_column()
         definition = self.definition
+        try:
+            key_type = self.inspect_key_column()
+        except MigrationDefinitionError as error:
+            if not self._registered():
+                raise
+            where = f"{definition.schema_name}.{definition.table_name}"
+            raise MigrationDefinitionError(
+                f"migration {definition.name!r} was registered on table {where}, but {error}; if the table "
+                "or its column was renamed or changed since, restore it and the migration resumes where it "
+                "stopped, or start a new migration under a new migration_name"
+            ) from None
         with self.conn.transaction(), self.conn.cursor() as cursor:
-            cursor.execute(
-                sql.SQL("SELECT 1 FROM {} WHERE name = %s").format(queries.MIGRATIONS), [definition.name]
-            )
+            cursor.execute(queries.MIGRATION_EXISTS, [definition.name])
             if cursor.fetchone() is None:
                 min_key, max_key, total = self._key_bounds(cursor)
                 # before the row exists, so that a typo does not take the name
@@ -248,6 +283,12 @@ ON CONFLICT (name) DO NOTHING"""
                 f"(a different table, column, scope or batch_sql); choose a new migration_name"
             )
         return migration
+
+    def _registered(self) -> bool:
+        """Whether the migration's row exists."""
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(queries.MIGRATION_EXISTS, [self.definition.name])
+            return cursor.fetchone() is not None
 
     def _key_bounds(self, cursor: psycopg.Cursor[Any]) -> tuple[str | None, str | None, int]:
         """Return the first and last key in the scope, and how many keys it holds."""
@@ -301,8 +342,12 @@ FROM {} WHERE name = %s{}"""
         Returns the job with its advisory lock held by this session, or ``None`` when nothing is
         left to claim (the migration's status then says whether it finished).
 
+        A job whose worker died (its session ended, and with it the advisory lock) is taken over
+        where it stopped, on the same attempt; only a job whose ``batch_sql`` failed starts a new
+        attempt.
+
         :param batch_size: rows to plan into a new range.
-        :param max_attempts: how many times a job may be started before the migration fails.
+        :param max_attempts: how many times a job's ``batch_sql`` may fail before the migration fails.
         :param dag_id: recorded on the job, for the UI.
         :param run_id: recorded on the job.
         :param try_number: recorded on the job.
@@ -315,7 +360,12 @@ FROM {} WHERE name = %s{}"""
                     return migration, None
                 job = self._claim_open_job(cursor, max_attempts, locked)
                 if job is None:
-                    job = self._plan_job(cursor, migration, batch_size, locked)
+                    try:
+                        job = self._plan_job(cursor, migration, batch_size, locked)
+                    except RangeEscapedError as error:
+                        # nothing was written yet: fail the migration in this same transaction
+                        self._fail_migration_in(cursor, str(error))
+                        return self.load(for_update=True), None
                 if job is None:
                     migration = self._settle(cursor, migration, max_attempts)
                     return migration, None
@@ -349,11 +399,12 @@ WHERE id = %(id)s"""
     ) -> Job | None:
         # Candidates are read without row locks: a live worker's job row must stay free for its
         # next sub-batch. Each candidate's advisory lock decides; then its row is read again, locked.
+        # A 'running' job whose lock is free is an orphan: its worker or its connection was lost.
         open_jobs = sql.SQL(
             """
 SELECT id, start_key, end_key, planned_rows, resume_key, attempts, rows_affected, status
-FROM {} WHERE migration_name = %(name)s AND status IN ('pending', 'running', 'paused', 'failed')
-  AND (attempts < %(max_attempts)s OR status = 'paused')"""
+FROM {} WHERE migration_name = %(name)s
+  AND (status IN ('pending', 'running', 'paused') OR (status = 'failed' AND attempts < %(max_attempts)s))"""
         ).format(queries.JOBS)
         cursor.execute(
             sql.SQL("{} ORDER BY id").format(open_jobs),
@@ -371,12 +422,14 @@ FROM {} WHERE migration_name = %(name)s AND status IN ('pending', 'running', 'pa
                 locked.remove(candidate["id"])
                 self._unlock_in(cursor, candidate["id"])
                 continue
-            # a paused job resumes where it stopped; any other start counts as an attempt
-            attempts = row["attempts"] + (0 if row["status"] == "paused" else 1)
-            cursor.execute(
-                sql.SQL("UPDATE {} SET attempts = %s WHERE id = %s").format(queries.JOBS),
-                [attempts, row["id"]],
-            )
+            # only a failed batch_sql starts a new attempt: a paused job, or an orphan whose worker
+            # or connection was lost, resumes where it stopped on the attempt it was on
+            attempts = row["attempts"] + 1 if row["status"] == "failed" else max(row["attempts"], 1)
+            if attempts != row["attempts"]:
+                cursor.execute(
+                    sql.SQL("UPDATE {} SET attempts = %s WHERE id = %s").format(queries.JOBS),
+                    [attempts, row["id"]],
+                )
             row.pop("status")
             return Job(**{**row, "attempts": attempts})
         return None
@@ -391,25 +444,31 @@ FROM {} WHERE migration_name = %(name)s AND status IN ('pending', 'running', 'pa
             return None
         convert = KEY_TYPES[migration.key_type]
         after = migration.min_key if migration.cursor_key is None else migration.cursor_key
-        cursor.execute(
-            queries.next_range(
-                self.table,
-                self.column,
-                self.definition.scope,
-                inclusive=migration.cursor_key is None,
-                key_type=migration.key_type,
-            ),
-            {
-                "after": convert(after),
-                "last": convert(migration.max_key),
-                "rows": batch_size,
-            },
-        )
+        with self._reading_the_table():
+            cursor.execute(
+                queries.next_range(
+                    self.table,
+                    self.column,
+                    self.definition.scope,
+                    inclusive=migration.cursor_key is None,
+                    key_type=migration.key_type,
+                ),
+                {
+                    "after": convert(after),
+                    "last": convert(migration.max_key),
+                    "rows": batch_size,
+                },
+            )
         row = cursor.fetchone()
         assert row is not None
         start_key, end_key, keys = row["first"], row["last"], row["keys"]
         if keys == 0:
             return None
+        if not row["in_range"]:
+            bounds = (
+                f"{'from' if migration.cursor_key is None else 'after'} {after} up to {migration.max_key}"
+            )
+            raise self._escaped(f"planning a new job found keys {start_key}..{end_key}, not all {bounds}")
         cursor.execute(
             sql.SQL(
                 """
@@ -443,28 +502,25 @@ VALUES (%s, %s, %s, %s, 'pending', 1) RETURNING id"""
             sql.SQL(
                 """
 WITH exhausted AS (
-    -- out of attempts, and not held by a live worker (whose last attempt may still succeed)
-    SELECT j.id, j.last_error FROM {jobs} AS j
-    WHERE j.migration_name = %(name)s AND j.status IN ('failed', 'running', 'pending')
-      AND j.attempts >= %(max_attempts)s
-      AND NOT EXISTS (
-          SELECT 1 FROM pg_catalog.pg_locks AS l
-          WHERE l.locktype = 'advisory' AND l.classid = %(namespace)s::int::oid
-            AND l.objid = j.id::int::oid AND l.objsubid = 2 AND l.granted
-      )
+    -- its batch_sql failed on each of its attempts (a lost worker or connection uses none)
+    SELECT j.id, j.start_key, j.end_key, j.attempts, j.last_error FROM {jobs} AS j
+    WHERE j.migration_name = %(name)s AND j.status = 'failed' AND j.attempts >= %(max_attempts)s
+    ORDER BY j.id LIMIT 1
 )
 SELECT (SELECT count(*) FROM {jobs} WHERE migration_name = %(name)s
           AND status NOT IN ('succeeded', 'split')) AS open,
-       (SELECT count(*) FROM exhausted) AS exhausted,
-       (SELECT last_error FROM exhausted ORDER BY id LIMIT 1) AS last_error"""
+       exhausted.*
+FROM (SELECT 1) AS one LEFT JOIN exhausted ON true"""
             ).format(jobs=queries.JOBS),
-            {"name": self.definition.name, "max_attempts": max_attempts, "namespace": queries.LOCK_NAMESPACE},
+            {"name": self.definition.name, "max_attempts": max_attempts},
         )
         row = cursor.fetchone()
         assert row is not None
-        if row["exhausted"]:
-            status, error = "failed", row["last_error"]
-        elif row["open"] == 0:
+        if row["id"] is not None:
+            job = f"job {row['id']} (keys {row['start_key']}..{row['end_key']})"
+            self._fail_migration_in(cursor, attempts_used_up(job, row["attempts"], row["last_error"]))
+            return self.load(for_update=True)
+        if row["open"] == 0:
             status, error = "finished", None
         else:
             return migration  # other workers hold the remaining jobs
@@ -500,26 +556,33 @@ WHERE name = %s"""
             )
             resume = cursor.fetchone()
             if resume is None:
-                raise MigrationStateError(f"job {job.id} is no longer running under this worker")
+                raise MigrationStateError(self._why_not_running(cursor, job))
             resume_key = resume[0]
-            cursor.execute(
-                queries.next_range(
-                    self.table,
-                    self.column,
-                    self.definition.scope,
-                    inclusive=resume_key is None,
-                    key_type=self.key_type,
-                    wal_position=True,
-                ),
-                {
-                    "after": migration_key(job.start_key if resume_key is None else resume_key),
-                    "last": migration_key(job.end_key),
-                    "rows": sub_batch_size,
-                },
-            )
+            with self._reading_the_table():
+                cursor.execute(
+                    queries.next_range(
+                        self.table,
+                        self.column,
+                        self.definition.scope,
+                        inclusive=resume_key is None,
+                        key_type=self.key_type,
+                        wal_position=True,
+                    ),
+                    {
+                        "after": migration_key(job.start_key if resume_key is None else resume_key),
+                        "last": migration_key(job.end_key),
+                        "rows": sub_batch_size,
+                    },
+                )
             planned = cursor.fetchone()
             assert planned is not None
-            first_key, last_key, keys, wal_before = planned
+            first_key, last_key, keys, in_range, wal_before = planned
+            if not in_range:  # before batch_sql: nothing is applied twice
+                bounds = f"after {resume_key}" if resume_key is not None else f"from {job.start_key}"
+                raise self._escaped(
+                    f"job {job.id} (keys {job.start_key}..{job.end_key}): its next sub-batch found keys "
+                    f"{first_key}..{last_key}, not all {bounds} up to {job.end_key}"
+                )
             started = datetime.datetime.now(datetime.timezone.utc)
             rows_affected = 0
             if keys:
@@ -564,6 +627,40 @@ WHERE name = %s"""
             wal_bytes=wal_bytes,
             job_finished=finished,
         )
+
+    def _escaped(self, what: str) -> RangeEscapedError:
+        """Return the error of a range query that found keys outside its bounds."""
+        return RangeEscapedError(
+            f"migration {self.definition.name!r}: {what}, so its scope "
+            f"{self.definition.scope!r} does not stay inside AND (...); nothing of that range was run; "
+            "fix the scope and start the migration again under a new migration_name"
+        )
+
+    @contextlib.contextmanager
+    def _reading_the_table(self) -> Iterator[None]:
+        """Turn the error of a query on a table renamed or dropped since the migration began into one line."""
+        try:
+            yield
+        except TABLE_GONE_ERRORS as error:
+            where = f"{self.definition.schema_name}.{self.definition.table_name}"
+            raise MigrationDefinitionError(
+                f"migration {self.definition.name!r} cannot read table {where}: "
+                f"{error.diag.message_primary or error.sqlstate}; if the table or its column "
+                f"{self.definition.column} was renamed or dropped since the migration began, restore "
+                "it (the job resumes where it stopped), or run a new migration under a new migration_name"
+            ) from None
+
+    def _why_not_running(self, cursor: psycopg.Cursor[Any], job: Job) -> str:
+        """Say why a job this worker claimed is no longer ``running``."""
+        cursor.execute(queries.JOB_AND_MIGRATION_STATUS, [job.id])
+        row = cursor.fetchone()
+        if row is None:
+            return f"job {job.id} of migration {self.definition.name!r} no longer exists"
+        job_status, job_error, migration_status, migration_error = row
+        if migration_status == "failed":
+            return f"migration {self.definition.name!r} failed: {migration_error}; job {job.id} stopped"
+        because = f" ({job_error})" if job_error else ""
+        return f"job {job.id} of migration {self.definition.name!r} is {job_status} now, not running{because}"
 
     def _key(self, text: str) -> Any:
         """Read a key back from its text form, by the key column's type (known once registered)."""
@@ -612,9 +709,15 @@ WHERE name = %s"""
             after = convert(job.start_key if resume_key is None else resume_key)
             inclusive = resume_key is None
             rest = {"after": after, "last": convert(job.end_key), "rows": None}
-            cursor.execute(queries.next_range(self.table, self.column, scope, inclusive=inclusive), rest)
+            with self._reading_the_table():
+                cursor.execute(queries.next_range(self.table, self.column, scope, inclusive=inclusive), rest)
             counted = cursor.fetchone()
             assert counted is not None
+            if not counted[3]:
+                raise self._escaped(
+                    f"job {job.id} (keys {job.start_key}..{job.end_key}): splitting it found keys "
+                    f"{counted[0]}..{counted[1]} outside its range"
+                )
             remaining = counted[2]
             if remaining < 2:
                 return False
@@ -630,7 +733,7 @@ WHERE name = %s"""
             )
             second_half = cursor.fetchone()
             assert second_half is not None
-            for start_key, end_key, keys in (first_half, (second_half[0], job.end_key, second_half[2])):
+            for start_key, end_key, keys in (first_half[:3], (second_half[0], job.end_key, second_half[2])):
                 cursor.execute(
                     sql.SQL(
                         """
@@ -649,17 +752,39 @@ VALUES (%s, %s, %s, %s, 'pending', 0)"""
         return True
 
     def fail_migration(self, error: str) -> None:
-        """Mark the migration failed: a job used up its attempts. Running jobs finish; no new ones start.
+        """Mark the migration failed, with its reason; no job of it starts, and none stays ``running``.
 
-        :param error: the last error, shown to every later task.
+        :param error: why, shown to every later task.
         """
         with self.conn.transaction(), self.conn.cursor() as cursor:
-            cursor.execute(
-                sql.SQL(
-                    "UPDATE {} SET status = 'failed', last_error = %s, updated_at = now() WHERE name = %s"
-                ).format(queries.MIGRATIONS),
-                [error, self.definition.name],
-            )
+            self._fail_migration_in(cursor, error)
+
+    def fail_job(self, job: Job, error: str, *, migration_error: str | None = None) -> None:
+        """Mark a job ``failed`` with its error, and release it; fail the migration too if given.
+
+        Both in one transaction: a job never ends failed for good under a migration still active.
+
+        :param job: a job this session holds.
+        :param error: why its ``batch_sql`` failed.
+        :param migration_error: the migration's error, when this failure fails it.
+        """
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cursor:
+                if migration_error is not None:
+                    self.load(for_update=True)  # the migration's row before jobs' rows, as claims do
+                cursor.execute(queries.FAIL_JOB, [error, job.id])
+                if migration_error is not None:
+                    self._fail_migration_in(cursor, migration_error)
+        finally:
+            self._unlock(job.id)
+
+    def _fail_migration_in(self, cursor: psycopg.Cursor[Any], error: str) -> None:
+        """Fail the migration and stop its running jobs, in the caller's transaction."""
+        cursor.execute(queries.FAIL_MIGRATION, [error, self.definition.name])
+        cursor.execute(
+            queries.STOP_RUNNING_JOBS,
+            [f"stopped where it was: the migration failed: {error}", self.definition.name],
+        )
 
     def _unlock(self, job_id: int) -> None:
         if self.conn.closed:

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_provider_walthrottle.flags import KILL_SWITCH_VARIABLE, WAL_HEALTH_FLAG, FeatureFlag
+from airflow_provider_walthrottle.flags import (
+    KILL_SWITCH_VARIABLE,
+    WAL_HEALTH_FLAG,
+    health_check_flag,
+    kill_switch,
+)
 from airflow_provider_walthrottle.health import (
     DEFAULT_MAX_PENDING_SEGMENTS,
     HealthUnavailableError,
@@ -23,7 +28,9 @@ from airflow_provider_walthrottle.metrics import record_batch, record_decision, 
 from airflow_provider_walthrottle.migrations.definition import (
     MigrationDefinition,
     MigrationDefinitionError,
+    refuse_nul_bytes,
     validate_batch_sizes,
+    validate_run_parameters,
 )
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
 
@@ -71,14 +78,17 @@ class BatchedMigrationOperator(BaseOperator):
     :param pause_ms: milliseconds between sub-batches.
     :param max_pending_segments: the WAL threshold; only a backlog above it stops. (templated)
     :param flag_variable: the feature flag's Airflow Variable. (templated)
-    :param flag_default: the flag's answer while its Variable is missing or unreadable.
-    :param kill_switch_variable: a Variable (on by default) that pauses every migration when off.
+    :param flag_default: the flag's answer while its Variable is missing; a value that cannot be
+        read or parsed reads as on (throttle), the safe side.
+    :param kill_switch_variable: a Variable (on while missing) that pauses every migration when off;
+        a value that cannot be read or parsed reads as off, the safe side.
     :param on_unavailable: what a "not available" or "unknown" backlog does: wait, proceed or fail.
     :param on_paused: what a paused migration (or the kill switch) does: ``"wait"`` or ``"skip"``.
     :param min_batch_size: the smallest batch the optimizer plans.
     :param max_batch_size: the largest batch the optimizer plans.
     :param target_batch_seconds: the duration the optimizer aims each batch at.
-    :param max_attempts: starts of a job before the migration fails (GitLab's 3).
+    :param max_attempts: failed runs of a job's ``batch_sql`` before the migration fails (GitLab's 3);
+        a lost worker or connection uses none.
     :param statement_timeout_ms: ``statement_timeout`` of each sub-batch; repeated timeouts split the range.
     :param wait_interval: seconds between two checks while waiting.
     :param deferrable: wait in the triggerer (default) instead of rescheduling the task.
@@ -129,6 +139,18 @@ class BatchedMigrationOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.batch_size, self.sub_batch_size = validate_batch_sizes(batch_size, sub_batch_size)
+        validate_run_parameters(
+            pause_ms=pause_ms,
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            target_batch_seconds=target_batch_seconds,
+            max_attempts=max_attempts,
+            statement_timeout_ms=statement_timeout_ms,
+            wait_interval=wait_interval,
+        )
+        # the rest of the definition is checked when it runs, once templates are rendered
+        for label, value in (("migration_name", migration_name), ("table", table), ("column", column)):
+            refuse_nul_bytes(label, value)
         if not isinstance(max_pending_segments, str):
             parse_max_pending_segments(max_pending_segments)
         if on_paused not in ("wait", "skip"):
@@ -179,11 +201,11 @@ class BatchedMigrationOperator(BaseOperator):
             threshold = parse_max_pending_segments(self.max_pending_segments)
         except ValueError as error:
             raise AirflowFailException(str(error)) from None
-        if not FeatureFlag(self.kill_switch_variable, default=True).is_enabled(self.migration_name):
+        if not kill_switch(self.kill_switch_variable).is_enabled(self.migration_name):
             # before connecting: nothing is registered or created while everything is paused
             return self._paused(
-                f"the kill switch Variable {self.kill_switch_variable} is off "
-                f"(turn it on with `airflow variables set {self.kill_switch_variable} true`)"
+                f"the kill switch Variable {self.kill_switch_variable} reads as off "
+                f"(run migrations again with `airflow variables set {self.kill_switch_variable} true`)"
             )
         from airflow_provider_walthrottle.migrations.runner import prepare
 
@@ -201,6 +223,8 @@ class BatchedMigrationOperator(BaseOperator):
         return self.execute(context)
 
     def _run_batch(self, context: Context, store: MigrationStore, threshold: int) -> dict[str, Any]:
+        import psycopg
+
         from airflow_provider_walthrottle.migrations.runner import JobFailedError, RunSettings, run_one_batch
         from airflow_provider_walthrottle.migrations.store import MigrationStateError
 
@@ -230,15 +254,24 @@ class BatchedMigrationOperator(BaseOperator):
             if error.final:
                 raise AirflowFailException(str(error)) from None
             raise AirflowException(str(error)) from None
-        except MigrationStateError as error:
+        except (MigrationStateError, MigrationDefinitionError) as error:
             raise AirflowFailException(str(error)) from None
+        except psycopg.OperationalError as error:
+            if not conn.broken:
+                raise
+            # e.g. a restart while the backlog was checked: the job stays claimable as it was
+            raise AirflowException(
+                f"Migration {self.migration_name}: lost the connection {self.postgres_conn_id} "
+                f"({' '.join(str(error).split())}); no attempt used, the job resumes where it stopped"
+            ) from None
         return self._conclude(result, store, threshold)
 
     def _check_health(self, conn: psycopg.Connection[Any], threshold: int) -> HealthVerdict:
         from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
         from airflow_provider_walthrottle.migrations.runner import HealthVerdict
 
-        if not FeatureFlag(self.flag_variable, default=self.flag_default).is_enabled(self.migration_name):
+        flag = health_check_flag(self.flag_variable, default=self.flag_default)
+        if not flag.is_enabled(self.migration_name):
             return HealthVerdict(proceed=True)
         status = read_archiver_status(conn, exact_up_to=exact_count_limit(threshold))
         health = evaluate_wal_archival(status, threshold)

@@ -421,10 +421,10 @@ def test_a_job_whose_worker_was_killed_is_taken_over_at_once_and_resumes(migrati
         first = run_batch(store, settings, always_healthy, dag_id="rescuer", log=sub_batch_budget(lines))
         assert first.outcome is Outcome.COMPLETED
         assert first.job is not None
-        # the orphan first, on its second attempt, from where it stopped
+        # the orphan first, from where it stopped, on the same attempt: a lost worker uses none
         assert (first.job.id, first.job.attempts, first.job.resume_key) == (
             orphan["id"],
-            2,
+            1,
             orphan["resume_key"],
         )
         next_key = min(key for key in in_scope_keys(migration_db, "killed") if key > resume)
@@ -432,7 +432,7 @@ def test_a_job_whose_worker_was_killed_is_taken_over_at_once_and_resumes(migrati
         run_until_finished(store, settings)
 
     (taken_over,) = [job for job in job_rows(migration_db, "killed") if job["id"] == orphan["id"]]
-    assert (taken_over["status"], taken_over["attempts"], taken_over["dag_id"]) == ("succeeded", 2, "rescuer")
+    assert (taken_over["status"], taken_over["attempts"], taken_over["dag_id"]) == ("succeeded", 1, "rescuer")
     histogram = counter_histogram(migration_db, "killed")
     assert set(histogram) == {(True, 1), (False, 0)}, histogram
     jobs = job_rows(migration_db, "killed")
@@ -664,7 +664,9 @@ def test_a_job_failing_three_times_fails_the_migration_without_applying_anything
                 break
         else:
             pytest.fail(f"the migration never failed: {outcomes}")
-        assert "failed: a job used up its attempts" in str(stopped)
+        assert "failed: job " in str(stopped) and "failed 3 times, the last with: division by zero" in str(
+            stopped
+        )
         assert set(outcomes) == {Outcome.COMPLETED}
 
         # the failure is final: a later task, even a new one, stops at once
@@ -990,13 +992,33 @@ def test_text_and_uuid_keys_are_walked_exactly_once(migration_db, key_type, key_
 # --------------------------------------------------------------------------------------------------
 
 
-def orphan_twice(cluster, definition: MigrationDefinition) -> None:
-    """Claim the next job on a connection that then dies, twice: its next start is its last attempt."""
-    for _ in range(2):
-        with cluster.connect() as dying:
-            _, job = prepare(dying, definition, batch_size=100).claim_job(100, max_attempts=3)
-        assert job is not None
-        wait_until(functools.partial(lock_is_free, cluster, job.id), what="the dead session's lock to go")
+def failing_twice(cluster, name: str) -> MigrationDefinition:
+    """Make table ``name`` of 100 rows and a migration whose ``batch_sql`` fails twice, then passes.
+
+    Its first job's next start is then its last attempt.
+    """
+    make_table(cluster, name, 100)
+    runs = sql.Identifier(f"{name}_runs")  # a sequence: its count survives the failed transactions
+    cluster.execute(sql.SQL("DROP SEQUENCE IF EXISTS {}").format(runs))
+    cluster.execute(sql.SQL("CREATE SEQUENCE {}").format(runs))
+    definition = MigrationDefinition(
+        name=name,
+        table=name,
+        column="id",
+        batch_sql=(
+            f"WITH run AS MATERIALIZED (SELECT nextval('{name}_runs') AS n) "
+            f"UPDATE {name} SET counter = counter + 1 FROM run "
+            f"WHERE id BETWEEN %(start)s AND %(end)s AND {SCOPE} "
+            "AND 1 / CASE WHEN n <= 2 THEN 0 ELSE 1 END = 1"
+        ),
+        scope=SCOPE,
+    )
+    with cluster.connect() as conn:
+        store = prepare(conn, definition, batch_size=100)
+        for attempt in (1, 2):
+            with pytest.raises(JobFailedError, match=f"attempt {attempt}/3: division by zero"):
+                run_batch(store, RunSettings(sub_batch_size=10, pause_ms=0), always_healthy)
+    return definition
 
 
 def test_a_batch_sql_refused_by_prepare_can_be_fixed_under_the_same_name(migration_db):
@@ -1012,10 +1034,8 @@ def test_a_batch_sql_refused_by_prepare_can_be_fixed_under_the_same_name(migrati
 
 
 def test_a_peer_does_not_fail_the_migration_while_a_last_attempt_is_still_running(migration_db):
-    make_table(migration_db, "last_attempt", 100)
-    definition = increment_migration("last_attempt", "last_attempt")
+    definition = failing_twice(migration_db, "last_attempt")
     settings = RunSettings(sub_batch_size=10, pause_ms=0)
-    orphan_twice(migration_db, definition)
     with migration_db.connect() as worker, migration_db.connect() as peer:
         store = prepare(worker, definition, batch_size=100)
         _, job = store.claim_job(100, max_attempts=3)
@@ -1031,10 +1051,8 @@ def test_a_peer_does_not_fail_the_migration_while_a_last_attempt_is_still_runnin
 
 
 def test_a_job_throttled_on_its_last_attempt_resumes(migration_db):
-    make_table(migration_db, "paused_last", 100)
-    definition = increment_migration("paused_last", "paused_last")
+    definition = failing_twice(migration_db, "paused_last")
     settings = RunSettings(sub_batch_size=10, pause_ms=0)
-    orphan_twice(migration_db, definition)
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=100)
         verdicts = iter([True, False])  # go before the batch, stop after its first sub-batch

@@ -88,6 +88,35 @@ def test_kill_switch_off_skips_with_a_clear_message(connection, monkeypatch):
     assert connection.execute("SELECT to_regnamespace('walthrottle')") == [(None,)]
 
 
+def test_kill_switch_with_an_invalid_value_reads_as_off(connection, monkeypatch, caplog):
+    # a typo of "false" during an incident must stop migrations, not leave them running
+    make_table(connection, "op_kill_typo", 1000)
+    monkeypatch.setenv(KILL_SWITCH_ENV, "flase")
+    dag, _ = migration_dag("op_kill_typo", on_paused="skip")
+
+    assert task_states(run_dag(dag)) == {"batch": "skipped"}
+    assert set(counter_histogram(connection, "op_kill_typo")) == {(True, 0), (False, 0)}
+    assert any(
+        "execute_batched_migrations_on_schedule has an invalid value 'flase'" in record.getMessage()
+        and "treating it as off, the safe side" in record.getMessage()
+        for record in caplog.records
+    )
+
+
+def test_wal_flag_with_an_invalid_value_reads_as_on_and_throttles(connection, monkeypatch):
+    make_table(connection, "op_flag_typo", 3000)
+    monkeypatch.setenv(FLAG_ENV, "flase")
+    connection.archive_one_segment()
+    connection.make_backlog(5)
+    dag, _ = migration_dag("op_flag_typo", max_pending_segments=3)
+
+    dag_run = run_opening_the_gate(connection, dag)
+
+    assert task_states(dag_run) == {"batch": "success"}
+    assert xcom_of(dag_run, "batch")["throttled_seconds"] > 0
+    assert set(counter_histogram(connection, "op_flag_typo")) == {(True, 1), (False, 0)}
+
+
 def test_bad_table_fails_before_any_row_is_touched(connection):
     make_table(connection, "op_bad", 1000)
     dag, failures = migration_dag("op_bad", column="tenant")
@@ -189,3 +218,50 @@ def test_the_wait_for_headroom_ends_where_the_smallest_batch_fits():
     assert room(segment * 5.5 / 1024) == 36  # 5.5 segments need 6
     assert room(None) == 41  # nothing measured yet: one segment of room
     assert room(segment * 50 / 1024) == 0  # more than the threshold: wait for an empty backlog
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        pytest.param(
+            {"statement_timeout_ms": -1}, "statement_timeout_ms must be a whole number", id="timeout"
+        ),
+        pytest.param({"pause_ms": -1}, "pause_ms must be a whole number", id="pause"),
+        pytest.param({"batch_size": 2**31}, "batch_size must be at most 2147483647 rows", id="batch-size"),
+        pytest.param({"sub_batch_size": 2**31}, "sub_batch_size must be at most 2147483647", id="sub-batch"),
+        pytest.param({"min_batch_size": 0}, "min_batch_size must be a whole number", id="min-batch"),
+        pytest.param({"max_batch_size": 2**31}, "max_batch_size must be at most 2147483647", id="max-batch"),
+        pytest.param({"target_batch_seconds": 0}, "target_batch_seconds must be a number", id="target"),
+        pytest.param({"max_attempts": 0}, "max_attempts must be a whole number", id="attempts"),
+        pytest.param({"wait_interval": 0}, "wait_interval must be a number of seconds", id="wait"),
+        pytest.param(
+            {"migration_name": "a\x00b"}, "migration_name must not contain a NUL byte", id="nul-name"
+        ),
+        pytest.param({"table": "t\x00"}, "table must not contain a NUL byte", id="nul-table"),
+        pytest.param({"column": "i\x00d"}, "column must not contain a NUL byte", id="nul-column"),
+    ],
+)
+def test_the_constructor_refuses_values_that_would_only_fail_later(changes, words):
+    from airflow_provider_walthrottle.migrations.definition import MigrationDefinitionError
+
+    batch_sql = INCREMENT.format(table="t", scope=SCOPE)
+    kwargs = {"migration_name": "m", "table": "t", "column": "id", "batch_sql": batch_sql, **changes}
+    with pytest.raises(MigrationDefinitionError) as raised:
+        BatchedMigrationOperator(task_id="batch", **kwargs)
+    assert str(raised.value).startswith(words)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_table_renamed_since_the_migration_began_fails_with_one_line_saying_what_to_do(connection):
+    make_table(connection, "op_renamed", 3000)
+    dag, failures = migration_dag("op_renamed")
+    assert task_states(run_dag(dag)) == {"batch": "success"}
+    connection.execute("ALTER TABLE op_renamed RENAME TO op_renamed_v2")
+
+    assert task_states(run_dag(dag)) == {"batch": "failed"}
+    message = str(failures[-1])
+    assert message.startswith(
+        "migration 'op_renamed' was registered on table public.op_renamed, but table public.op_renamed "
+        "does not exist"
+    )
+    assert "restore it and the migration resumes where it stopped" in message and "\n" not in message
