@@ -15,6 +15,7 @@ Fixtures:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -24,9 +25,21 @@ from tests.postgres_cluster import PostgresCluster, make_base_dir, remove_base_d
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tests.postgres_cluster import ClusterFactory
+
+
+#: The slow tiers, by the folder a test lives in (see the markers in pyproject.toml).
+SLOW_TIERS = {"e2e": "e2e", "plugins": "ui"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of each slow tier, so that ``-m "not e2e and not ui"`` is the fast loop."""
+    tests_dir = Path(__file__).parent
+    for item in items:
+        relative = item.path.relative_to(tests_dir) if item.path.is_relative_to(tests_dir) else None
+        if relative is not None and relative.parts[0] in SLOW_TIERS:
+            item.add_marker(SLOW_TIERS[relative.parts[0]])
 
 
 @pytest.fixture(scope="session")
