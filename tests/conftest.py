@@ -30,11 +30,11 @@ if TYPE_CHECKING:
 
 
 #: The slow tiers, by the folder a test lives in (see the markers in pyproject.toml).
-SLOW_TIERS = {"e2e": "e2e", "plugins": "ui"}
+SLOW_TIERS = {"e2e": "e2e", "plugins": "browser"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of each slow tier, so that ``-m "not e2e and not ui"`` is the fast loop."""
+    """Mark the tests of each slow tier, so that ``-m "not e2e and not browser"`` is the fast loop."""
     tests_dir = Path(__file__).parent
     for item in items:
         relative = item.path.relative_to(tests_dir) if item.path.is_relative_to(tests_dir) else None
