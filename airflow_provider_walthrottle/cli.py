@@ -7,6 +7,7 @@ Exit codes follow the Nagios plugin convention: 0 when the backlog is at or belo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -81,11 +82,23 @@ def _threshold(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+#: What a DSN given on the command line looks like, for the error that refuses a malformed one.
+DSN_FORMS = (
+    "expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE, with special characters percent-encoded "
+    "(@ as %40, % as %25, / as %2F, : as %3A), or 'host=HOST port=PORT user=USER password=PASSWORD "
+    "dbname=DATABASE', with a value that holds spaces or quotes in single quotes (password='a b')"
+)
+
+
 def make_hook(target: str, database: str | None) -> WalArchivalHook:
     """Return a hook for an Airflow connection id, or for a DSN given on the command line.
 
+    A malformed DSN is refused with a message that quotes nothing of it: libpq's own parse errors
+    quote the text around the mistake, which can be the password.
+
     :param target: a connection id, or a DSN in URI or keyword form.
     :param database: a database that overrides the connection's own.
+    :raises ValueError: for a malformed DSN.
     """
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
@@ -99,15 +112,18 @@ def make_hook(target: str, database: str | None) -> WalArchivalHook:
 
     try:
         params = conninfo_to_dict(target)
-    except Exception as error:  # psycopg raises ProgrammingError for a malformed DSN
-        raise ValueError(f"the DSN is malformed: {error}") from None
+    except Exception:  # psycopg raises ProgrammingError, whose text can quote the password
+        raise ValueError(f"the DSN is malformed; {DSN_FORMS}") from None
     port = str(params.pop("port", None) or 5432)
     if not port.isdigit():
-        raise ValueError(f"the DSN is malformed: port {port!r} is not a number")
+        raise ValueError(f"the DSN is malformed: its port is not a number; {DSN_FORMS}")
+    host = str(params.pop("host", "localhost"))
+    if "@" in host:  # postgresql://user:p@ss@host/db puts "ss@host", part of the password, in the host
+        raise ValueError(f"the DSN is malformed: its host contains '@'; {DSN_FORMS}")
     connection = Connection(
         conn_id="dsn",
         conn_type="postgres",
-        host=str(params.pop("host", "localhost")),
+        host=host,
         port=int(port),
         login=_optional(params.pop("user", None)),
         password=_optional(params.pop("password", None)),
@@ -175,19 +191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     :param argv: the arguments, without the program name; ``sys.argv[1:]`` by default.
     """
     args = build_parser().parse_args(argv)
-    from airflow_provider_walthrottle.exceptions import WalThrottleError
-    from airflow_provider_walthrottle.health import evaluate_wal_archival
+    # A Nagios check's first line of output must be its headline, and Airflow logs to the stdout it
+    # finds when it is imported (the secrets masker warns about short extra values, for one): until
+    # the result is printed, stdout is stderr, Airflow's import included.
+    with contextlib.redirect_stdout(sys.stderr):
+        from airflow_provider_walthrottle.exceptions import WalThrottleError
+        from airflow_provider_walthrottle.health import evaluate_wal_archival
 
-    try:
-        hook = make_hook(args.target, args.database)
-        health = evaluate_wal_archival(hook.get_archiver_status(), args.max_pending_segments)
-    except (WalThrottleError, ValueError) as error:
-        print(f"walthrottle: error: {error}", file=sys.stderr)
-        return EXIT_UNKNOWN
+        try:
+            hook = make_hook(args.target, args.database)
+            health = evaluate_wal_archival(hook.get_archiver_status(), args.max_pending_segments)
+            target = hook.describe_target()
+        except (WalThrottleError, ValueError) as error:
+            print(f"walthrottle: error: {error}")
+            return EXIT_UNKNOWN
     if args.json:
         print(json.dumps(health.to_dict(), indent=2))
     else:
-        print(render_text(health, hook.describe_target()))
+        print(render_text(health, target))
     return _EXIT_CODES[health.signal]
 
 

@@ -51,7 +51,10 @@ def get_provider_info() -> dict[str, Any]:
         "extra-links": ["airflow_provider_walthrottle.links.BatchedMigrationLink"],
         "config": {
             "walthrottle": {
-                "description": "The WAL throttle provider's migrations page in the Airflow UI.",
+                "description": (
+                    "The WAL throttle provider's migrations page in the Airflow UI, and the timeouts of "
+                    "every PostgreSQL connection the provider opens."
+                ),
                 "options": {
                     "ui_connection_ids": {
                         "description": (
@@ -69,6 +72,39 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "integer",
                         "example": "42",
                         "default": "42",
+                    },
+                    "ui_read_timeout": {
+                        "description": (
+                            "Seconds the migrations page waits for each connection's backlog and "
+                            "migrations; a connection that has not answered by then shows as one red line."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "10",
+                        "default": "10",
+                    },
+                    "connect_timeout": {
+                        "description": (
+                            "Seconds every connection the provider opens (the hook, the operator, the "
+                            "sensor, the trigger, the CLI and the page) waits for the server to answer, "
+                            "unless the Airflow connection's extra sets connect_timeout. 0 waits forever."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "10",
+                        "default": "10",
+                    },
+                    "read_only_statement_timeout": {
+                        "description": (
+                            "statement_timeout, in seconds, of the read-only connections (the checks of "
+                            "the sensor, the trigger and the CLI, and the page); not of the operator's "
+                            "migration. A statement_timeout in the connection's options extra wins. "
+                            "0: none (for a pooler that refuses the options startup parameter)."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "30",
+                        "default": "30",
                     },
                 },
             }

@@ -105,6 +105,17 @@ def test_console_script_is_installed(pg_drained):
     assert json.loads(result.stdout)["signal"] == "normal"
 
 
+def test_the_headline_is_the_first_line_even_when_airflow_logs(pg_drained):
+    # a short extra value makes Airflow's secrets masker log a warning, on stdout by default;
+    # Nagios reads the first line of a check's output
+    executable = shutil.which("walthrottle", path=str(Path(sys.executable).parent))
+    assert executable
+    uri = f"{pg_drained.uri()}{'&' if '?' in pg_drained.uri() else '?'}connect_timeout=3"
+    result = subprocess.run([executable, "status", uri], capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout.splitlines()[0].startswith("WAL ARCHIVAL NORMAL - connection 'dsn'"), result.stdout
+
+
 def test_connection_stored_in_the_metadata_database(pg_drained, capsys):
     from airflow.models.connection import Connection
     from airflow.utils.session import create_session
@@ -120,3 +131,89 @@ def test_connection_stored_in_the_metadata_database(pg_drained, capsys):
 
     assert code == EXIT_OK
     assert json.loads(capsys.readouterr().out)["signal"] == "normal"
+
+
+# ------------------------------------------------------------------------- passwords, silent servers
+
+
+@pytest.mark.parametrize(
+    ("dsn", "secrets"),
+    [
+        # libpq: invalid percent-encoded token: "p%zzword"
+        ("postgresql://mon:p%zzword@127.0.0.1/postgres", ["p%zzword", "zzword"]),
+        # libpq: end of string reached when looking for matching "]" ...: "<the whole URI>"
+        ("postgresql://mon:s3cretword@[::1/postgres", ["s3cretword"]),
+        # libpq: missing "=" after "secretword" in connection info string
+        ("host=127.0.0.1 user=mon password=my secretword dbname=postgres", ["secretword", "my secret"]),
+        # an unencoded @ in the password: libpq takes "qx7zz@127.0.0.1" for the host
+        ("postgresql://mon:p@qx7zz@127.0.0.1/postgres", ["p@qx7zz", "qx7zz"]),
+        # the password where the port goes
+        ("postgresql://mon@127.0.0.1:s3cretword/postgres", ["s3cretword"]),
+    ],
+)
+def test_a_malformed_dsn_is_refused_without_quoting_it(capsys, dsn, secrets):
+    code = main(["status", dsn])
+
+    captured = capsys.readouterr()
+    assert code == EXIT_UNKNOWN
+    assert captured.out == ""
+    assert captured.err.startswith("walthrottle: error: the DSN is malformed")
+    assert "expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE" in captured.err
+    assert captured.err.count("\n") == 1
+    for secret in secrets:
+        assert secret not in captured.err
+
+
+def test_the_console_script_prints_no_password_of_a_malformed_dsn():
+    executable = shutil.which("walthrottle", path=str(Path(sys.executable).parent))
+    assert executable
+    result = subprocess.run(
+        [executable, "status", "postgresql://mon:p%zzword@127.0.0.1/postgres"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == EXIT_UNKNOWN
+    assert "zzword" not in result.stdout + result.stderr
+    assert "the DSN is malformed" in result.stderr
+
+
+def test_a_dsn_gets_the_default_connect_timeout_unless_it_sets_one():
+    from airflow_provider_walthrottle.cli import make_hook
+
+    assert make_hook("postgresql://u:p@db.example/app", None).connection_kwargs()["connect_timeout"] == 10
+    kwargs = make_hook("host=db.example user=u connect_timeout=3", None).connection_kwargs(read_only=True)
+    assert kwargs["connect_timeout"] == "3"
+    assert kwargs["options"] == "-c statement_timeout=30000"
+
+
+def test_status_of_a_silent_server_exits_unknown_within_the_timeout():
+    import os
+    import time
+
+    from tests.silent_server import SilentServer
+
+    executable = shutil.which("walthrottle", path=str(Path(sys.executable).parent))
+    assert executable
+    # 3 s instead of the default 10 s (checked above), through [walthrottle] connect_timeout
+    env = {**os.environ, "AIRFLOW__WALTHROTTLE__CONNECT_TIMEOUT": "3"}
+    with SilentServer() as server:
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                [executable, "status", f"postgresql://mon:mon-secret@127.0.0.1:{server.port}/db"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=env,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("walthrottle status still waits for a silent server after 30 s")
+        waited = time.monotonic() - started
+        assert server.accepted == 1
+    assert result.returncode == EXIT_UNKNOWN, result
+    assert waited < 3 + 8  # the timeout, plus the start of a Python with Airflow
+    assert result.stdout == ""
+    assert result.stderr.startswith("walthrottle: error: Cannot connect to PostgreSQL with connection 'dsn'")
+    assert "timeout expired" in result.stderr and result.stderr.count("\n") == 1
+    assert "mon-secret" not in result.stderr

@@ -15,7 +15,7 @@ PARSE = """
 import sys, psycopg
 def refuse(*args, **kwargs):
     raise RuntimeError("a DAG file opened a PostgreSQL connection at parse time")
-psycopg.Connection.connect = refuse
+psycopg.connect = psycopg.Connection.connect = refuse
 psycopg.AsyncConnection.connect = refuse
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])

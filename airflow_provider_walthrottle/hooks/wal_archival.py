@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager, contextmanager
+from copy import deepcopy
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -12,11 +14,13 @@ from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.exceptions import (
     ConnectionNotDefinedError,
+    DatabaseConnectError,
     DatabaseQueryError,
     InsufficientPrivilegeError,
     UnsupportedConfigurationError,
     connect_error,
     first_line,
+    hide_password,
 )
 from airflow_provider_walthrottle.hooks.wal_archival_sql import (
     archiver_status_conversation,
@@ -33,6 +37,58 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.migrations.catalog import MigrationSummary
 
 
+#: The configuration section of the provider (``[walthrottle]`` in ``airflow.cfg``).
+CONFIG_SECTION = "walthrottle"
+
+#: Seconds libpq waits for a server to answer a connection attempt, unless the Airflow connection's
+#: extra sets ``connect_timeout`` or ``[walthrottle] connect_timeout`` another default. Without it, a
+#: server that accepts TCP and never answers would hold the caller forever.
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10
+
+#: ``statement_timeout`` of the read-only connections (the checks of the sensor, the trigger, the
+#: CLI and the migrations page), unless ``[walthrottle] read_only_statement_timeout`` sets another
+#: (0: none). Their queries take milliseconds; one that runs this long is stuck behind something.
+DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS = 30
+
+
+def _configured_seconds(option: str, default: int) -> int:
+    """Return a ``[walthrottle]`` option that holds whole seconds, 0 or more.
+
+    :param option: the option's name.
+    :param default: its value when it is not set.
+    :raises UnsupportedConfigurationError: when it is set to something else.
+    """
+    from airflow.configuration import conf
+
+    raw = conf.get(CONFIG_SECTION, option, fallback=None)
+    if raw is None or not str(raw).strip():
+        return default
+    text = str(raw).strip()
+    if not text.isdigit():
+        raise UnsupportedConfigurationError(
+            f"[{CONFIG_SECTION}] {option} must be a whole number of seconds (0 or more), got {text!r}; "
+            f"fix it in airflow.cfg or AIRFLOW__{CONFIG_SECTION.upper()}__{option.upper()}"
+        )
+    return int(text)
+
+
+def configured_connect_timeout() -> int:
+    """Return the default ``connect_timeout`` in seconds.
+
+    It is ``[walthrottle] connect_timeout``, else :data:`DEFAULT_CONNECT_TIMEOUT_SECONDS`.
+    """
+    return _configured_seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT_SECONDS)
+
+
+def configured_read_only_statement_timeout() -> int:
+    """Return the ``statement_timeout`` of read-only connections in seconds (0: none).
+
+    It is ``[walthrottle] read_only_statement_timeout``, else
+    :data:`DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS`.
+    """
+    return _configured_seconds("read_only_statement_timeout", DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS)
+
+
 class WalArchivalHook(PostgresHook):
     """
     Measure how many WAL segments wait for PostgreSQL's ``archive_command``.
@@ -41,6 +97,11 @@ class WalArchivalHook(PostgresHook):
     (PostgreSQL 12+, superuser or ``pg_monitor``): it counts the ``.ready`` files of real segments.
     Without that privilege it falls back to LSN arithmetic with the server's real segment size.
     The hook only reads, in a read-only transaction.
+
+    Every connection it opens has a ``connect_timeout`` (:data:`DEFAULT_CONNECT_TIMEOUT_SECONDS`,
+    unless the Airflow connection's extra sets one), and read-only ones a ``statement_timeout``
+    (:data:`DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS`), so a server that accepts and never
+    answers cannot hold a task, a trigger or the api-server.
 
     .. seealso::
         :doc:`/howto/hook`
@@ -56,14 +117,21 @@ class WalArchivalHook(PostgresHook):
         """The Airflow connection id this hook uses."""
         return getattr(self, self.conn_name_attr)
 
-    def describe_target(self) -> str:
-        """Describe the connection for error messages, without its password."""
+    def describe_target(self, *, public: bool = False) -> str:
+        """Describe the connection for messages, without its password.
+
+        :param public: name only the connection id, not its host, port, database and login (for
+            people who may not read the Airflow connection).
+        """
+        if public:
+            return f"connection '{self.conn_id}'"
         connection = self._get_airflow_connection()
         database = self.database or connection.schema or connection.login
-        return (
-            f"connection '{self.conn_id}' ({connection.host}:{connection.port or 5432}/{database} "
-            f"as {connection.login})"
+        details = hide_password(
+            f"{connection.host}:{connection.port or 5432}/{database} as {connection.login}",
+            connection.password,
         )
+        return f"connection '{self.conn_id}' ({details})"
 
     def _get_airflow_connection(self) -> Connection:
         try:
@@ -76,15 +144,29 @@ class WalArchivalHook(PostgresHook):
                 f"or set AIRFLOW_CONN_{self.conn_id.upper()}"
             ) from None
 
-    def connection_kwargs(self) -> dict[str, Any]:
-        """Return libpq keyword arguments for the connection, as ``PostgresHook.get_conn()`` uses them."""
+    def connection_kwargs(self, *, read_only: bool = False) -> dict[str, Any]:
+        """Return libpq keyword arguments for the connection, with the provider's timeouts.
+
+        They are the ones ``PostgresHook.get_conn()`` builds, without the ``cursor`` extra.
+        ``connect_timeout`` is :func:`configured_connect_timeout` unless the connection's extra sets
+        it. A read-only connection also gets ``-c statement_timeout=…`` in ``options``, first, so that
+        a ``statement_timeout`` in the connection's own ``options`` (or ``PGOPTIONS``) wins.
+
+        :param read_only: add the read-only connections' ``statement_timeout``.
+        :raises UnsupportedConfigurationError: for an IAM connection (the asynchronous trigger cannot
+            fetch its token), or a timeout option that is not a whole number of seconds.
+        """
         connection = self._get_airflow_connection()
         if connection.extra_dejson.get("iam", False):
             raise UnsupportedConfigurationError(
                 f"Connection '{self.conn_id}' uses IAM authentication, which the asynchronous trigger "
                 "does not support; use deferrable=False"
             )
+        return self._libpq_kwargs(connection, read_only=read_only)
+
+    def _libpq_kwargs(self, connection: Connection, *, read_only: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
+            "connect_timeout": configured_connect_timeout(),
             "host": connection.host,
             "user": connection.login,
             "password": connection.password,
@@ -94,34 +176,55 @@ class WalArchivalHook(PostgresHook):
         if self.options:
             kwargs["options"] = self.options
         for name, value in connection.extra_dejson.items():
-            if name not in self.ignored_extra_options and name != "cursor":
+            if name not in self.ignored_extra_options:
                 kwargs[name] = value
+        statement_timeout = configured_read_only_statement_timeout() if read_only else 0
+        if statement_timeout:
+            # PostgreSQL applies `-c` settings in order: a statement_timeout of the user's own comes later
+            theirs = kwargs.get("options") or os.environ.get("PGOPTIONS", "")
+            kwargs["options"] = f"-c statement_timeout={statement_timeout * 1000} {theirs}".strip()
         return {name: value for name, value in kwargs.items() if value is not None}
+
+    def _sync_connection_kwargs(self, *, read_only: bool) -> dict[str, Any]:
+        """Return :meth:`connection_kwargs`; for an IAM connection, with a token for login and password."""
+        connection = self._get_airflow_connection()
+        if connection.extra_dejson.get("iam", False):
+            connection = deepcopy(connection)
+            # what PostgresHook.get_conn() does for IAM, keeping the provider's timeouts
+            connection.login, connection.password, connection.port = self.get_iam_token(connection)
+        return self._libpq_kwargs(connection, read_only=read_only)
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """Open a psycopg connection in autocommit mode, closed on exit; wrap its transactions yourself.
 
-        :param read_only: make every transaction on it read-only.
+        It has the timeouts of :meth:`connection_kwargs`.
+
+        :param read_only: make every transaction on it read-only, with the read-only
+            ``statement_timeout``.
         :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
-        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
+        :raises DatabaseConnectError: if the server cannot be reached, does not answer within the
+            connect timeout, or refuses the login.
         """
         target = self.describe_target()
+        kwargs = self._sync_connection_kwargs(read_only=read_only)
         try:
-            conn = self.get_conn()
-        except psycopg.OperationalError as error:
-            raise connect_error(target, error) from None
-        if not isinstance(conn, psycopg.Connection):
-            conn.close()
-            raise UnsupportedConfigurationError(
-                "WalArchivalHook needs psycopg 3 behind PostgresHook; install psycopg and SQLAlchemy 2"
-            )
+            conn = psycopg.connect(**kwargs)
+        except psycopg.Error as error:  # ProgrammingError for a bad option in the extra
+            raise self._connect_error(target, error, kwargs) from None
         try:
             conn.autocommit = True
             conn.read_only = read_only
             yield conn
         finally:
             conn.close()
+
+    def _connect_error(
+        self, target: str, error: psycopg.Error, kwargs: dict[str, Any]
+    ) -> DatabaseConnectError:
+        return connect_error(
+            target, error, public_target=self.describe_target(public=True), password=kwargs.get("password")
+        )
 
     def get_archiver_status(self, *, exact_up_to: int | None = None) -> ArchiverStatus:
         """Measure the archiver's state and backlog once.
@@ -224,15 +327,20 @@ class WalArchivalHook(PostgresHook):
         """Turn a failed query on the state tables into one line that names the connection and the fix."""
         if isinstance(error, psycopg.errors.InsufficientPrivilege):
             login = self._get_airflow_connection().login
-            return InsufficientPrivilegeError(
-                f"Role '{login}' of connection '{self.conn_id}' may not {action} the batched migrations' "
-                f"state tables: {first_line(error)}; grant USAGE on schema {STATE_SCHEMA} and "
+            grant = (
+                f"grant USAGE on schema {STATE_SCHEMA} and "
                 f"{'SELECT' if action == 'read' else 'SELECT, UPDATE'} on its tables"
             )
+            return InsufficientPrivilegeError(
+                f"Role '{login}' of connection '{self.conn_id}' may not {action} the batched migrations' "
+                f"state tables: {first_line(error)}; {grant}",
+                public=f"The role of connection '{self.conn_id}' may not {action} the batched migrations' "
+                f"state tables: {first_line(error)}; {grant}",
+            )
+        doing = "Reading the batched migrations" if action == "read" else "Updating a batched migration"
         return DatabaseQueryError(
-            f"Reading the batched migrations with {self.describe_target()} failed: {first_line(error)}"
-            if action == "read"
-            else f"Updating a batched migration with {self.describe_target()} failed: {first_line(error)}"
+            f"{doing} with {self.describe_target()} failed: {first_line(error)}",
+            public=f"{doing} with {self.describe_target(public=True)} failed: {first_line(error)}",
         )
 
     @asynccontextmanager
@@ -240,11 +348,11 @@ class WalArchivalHook(PostgresHook):
         from asgiref.sync import sync_to_async
 
         target = await sync_to_async(self.describe_target)()
-        kwargs = await sync_to_async(self.connection_kwargs)()
+        kwargs = await sync_to_async(self.connection_kwargs)(read_only=True)
         try:
             conn = await psycopg.AsyncConnection.connect(**kwargs)
-        except psycopg.OperationalError as error:
-            raise connect_error(target, error) from None
+        except psycopg.Error as error:
+            raise self._connect_error(target, error, kwargs) from None
         try:
             await conn.set_read_only(True)
             yield conn
@@ -255,11 +363,18 @@ class WalArchivalHook(PostgresHook):
         """Turn a failed query into one line that names the connection and what to do."""
         if isinstance(error, psycopg.errors.InsufficientPrivilege):
             login = self._get_airflow_connection().login
+            needs = (
+                "it needs SELECT on pg_catalog.pg_stat_archiver (granted to PUBLIC by default) and, for "
+                "the exact count, pg_monitor"
+            )
             return InsufficientPrivilegeError(
                 f"Role '{login}' of connection '{self.conn_id}' may not read the WAL archiver state: "
-                f"{first_line(error)}; it needs SELECT on pg_catalog.pg_stat_archiver (granted to PUBLIC "
-                "by default) and, for the exact count, pg_monitor"
+                f"{first_line(error)}; {needs}",
+                public=f"The role of connection '{self.conn_id}' may not read the WAL archiver state: "
+                f"{first_line(error)}; {needs}",
             )
         return DatabaseQueryError(
-            f"Reading the WAL archiver state with {self.describe_target()} failed: {first_line(error)}"
+            f"Reading the WAL archiver state with {self.describe_target()} failed: {first_line(error)}",
+            public=f"Reading the WAL archiver state with {self.describe_target(public=True)} failed: "
+            f"{first_line(error)}",
         )

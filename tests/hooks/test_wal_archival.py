@@ -339,3 +339,169 @@ def test_far_above_the_limit_the_estimate_replaces_the_exact_count(pg_drained, h
     assert (at_limit.method, at_limit.pending_segments) == (BacklogMethod.EXACT, 7)
     assert (above.method, above.pending_segments) == (BacklogMethod.LSN, 7)
     assert (above_async.method, above_async.pending_segments) == (BacklogMethod.LSN, 7)
+
+
+# ------------------------------------------------------------------------- timeouts, silent servers
+
+
+def _bounded(function, seconds):
+    """Return what ``function()`` returns or raises, or fail the test if it takes over ``seconds``.
+
+    Without a connect timeout, a silent server holds the caller forever: the test must end anyway.
+    """
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(function).result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        pytest.fail(f"still waiting for a silent server after {seconds} s")
+    finally:
+        pool.shutdown(wait=False)
+
+
+def test_a_silent_server_fails_with_one_line_after_the_default_connect_timeout(monkeypatch):
+    import time
+
+    from tests.silent_server import SilentServer
+
+    with SilentServer() as server:
+        monkeypatch.setenv("AIRFLOW_CONN_SILENT", f"postgresql://mon:mon-secret@127.0.0.1:{server.port}/db")
+        started = time.monotonic()
+        with pytest.raises(DatabaseConnectError) as raised:
+            _bounded(WalArchivalHook(postgres_conn_id="silent").get_archiver_status, 30)
+        waited = time.monotonic() - started
+        assert server.accepted == 1  # it was reached, and said nothing
+    assert 9 <= waited <= 15  # the default connect timeout, 10 s
+    message = str(raised.value)
+    assert message.startswith(
+        f"Cannot connect to PostgreSQL with connection 'silent' (127.0.0.1:{server.port}/"
+    )
+    assert "timeout expired" in message and "check the connection's host and port" in message
+    assert "\n" not in message and "mon-secret" not in message
+
+
+def test_a_silent_server_fails_the_async_check_too(monkeypatch):
+    import asyncio
+    import time
+
+    from tests.silent_server import SilentServer
+
+    monkeypatch.setenv("AIRFLOW__WALTHROTTLE__CONNECT_TIMEOUT", "2")  # [walthrottle] connect_timeout = 2
+    with SilentServer() as server:
+        monkeypatch.setenv("AIRFLOW_CONN_SILENT_ASYNC", f"postgresql://mon:pw@127.0.0.1:{server.port}/db")
+        hook = WalArchivalHook(postgres_conn_id="silent_async")
+        started = time.monotonic()
+        with pytest.raises(DatabaseConnectError) as raised:
+            _bounded(lambda: asyncio.run(_async_status(hook)), 30)
+        waited = time.monotonic() - started
+        assert server.accepted == 1
+    assert 1.5 <= waited <= 7
+    message = str(raised.value)
+    assert "connection 'silent_async'" in message and "timeout expired" in message
+    assert "\n" not in message
+
+
+def test_the_default_timeouts_in_the_connection_arguments(monkeypatch):
+    from airflow_provider_walthrottle.hooks.wal_archival import (
+        DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS,
+    )
+
+    assert (DEFAULT_CONNECT_TIMEOUT_SECONDS, DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS) == (10, 30)
+    monkeypatch.setenv("AIRFLOW_CONN_PLAIN", "postgresql://mon:pw@db.example:5432/app")
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    hook = WalArchivalHook(postgres_conn_id="plain")
+    assert hook.connection_kwargs()["connect_timeout"] == 10
+    assert "options" not in hook.connection_kwargs()  # the operator's migration has its own timeout
+    assert hook.connection_kwargs(read_only=True)["options"] == "-c statement_timeout=30000"
+
+    # airflow.cfg's [walthrottle] changes the defaults; the connection's extra still wins
+    monkeypatch.setenv("AIRFLOW__WALTHROTTLE__CONNECT_TIMEOUT", "4")
+    monkeypatch.setenv("AIRFLOW__WALTHROTTLE__READ_ONLY_STATEMENT_TIMEOUT", "0")
+    assert hook.connection_kwargs()["connect_timeout"] == 4
+    assert "options" not in hook.connection_kwargs(read_only=True)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TUNED",
+        "postgresql://mon:pw@db.example/app?connect_timeout=25&options=-c%20work_mem%3D8MB",
+    )
+    monkeypatch.delenv("AIRFLOW__WALTHROTTLE__READ_ONLY_STATEMENT_TIMEOUT")
+    tuned = WalArchivalHook(postgres_conn_id="tuned").connection_kwargs(read_only=True)
+    assert tuned["connect_timeout"] == "25"
+    assert tuned["options"] == "-c statement_timeout=30000 -c work_mem=8MB"
+
+
+def test_a_timeout_option_that_is_not_a_number_names_the_option(monkeypatch):
+    from airflow_provider_walthrottle.exceptions import UnsupportedConfigurationError
+
+    monkeypatch.setenv("AIRFLOW_CONN_PLAIN", "postgresql://mon:pw@db.example:5432/app")
+    monkeypatch.setenv("AIRFLOW__WALTHROTTLE__CONNECT_TIMEOUT", "10s")
+    with pytest.raises(
+        UnsupportedConfigurationError, match=r"\[walthrottle\] connect_timeout must be a whole"
+    ):
+        WalArchivalHook(postgres_conn_id="plain").get_archiver_status()
+
+
+def test_read_only_connections_have_a_statement_timeout_and_the_migrations_do_not(pg, monkeypatch):
+    import asyncio
+
+    monkeypatch.setenv("AIRFLOW_CONN_TIMED", pg.uri())
+    monkeypatch.setenv("AIRFLOW_CONN_TIMED_OWN", pg.uri() + "?options=-c%20statement_timeout%3D5s")
+    hook = WalArchivalHook(postgres_conn_id="timed")
+    server_default = pg.execute("SHOW statement_timeout")[0][0]
+
+    async def async_setting() -> str:
+        async with hook._async_read_only_connection() as conn, conn.cursor() as cursor:
+            await cursor.execute("SHOW statement_timeout")
+            return (await cursor.fetchone())[0]
+
+    with hook.connect(read_only=True) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+    assert asyncio.run(async_setting()) == "30s"
+    with hook.connect() as conn:  # the operator's: BatchedMigrationOperator(statement_timeout_ms=...)
+        assert conn.execute("SHOW statement_timeout").fetchone() == (server_default,)
+    with WalArchivalHook(postgres_conn_id="timed_own").connect(read_only=True) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("5s",)
+
+    # the provider's wins over the role's own (a startup option beats ALTER ROLE ... SET)
+    pg.create_role("timed_reader", "timed-pw", pg_monitor=True)
+    pg.execute("ALTER ROLE timed_reader SET statement_timeout = '1h'")
+    monkeypatch.setenv("AIRFLOW_CONN_TIMED_ROLE", pg.uri(user="timed_reader", password="timed-pw"))
+    role_hook = WalArchivalHook(postgres_conn_id="timed_role")
+    with role_hook.connect(read_only=True) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+    with role_hook.connect() as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1h",)
+
+
+def test_connect_errors_have_a_public_form_without_host_database_and_login(monkeypatch, pg):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_GONE_PUBLIC", f"postgresql://alice:pw@127.0.0.1:{port}/ledger")
+    monkeypatch.setenv("AIRFLOW_CONN_WRONG_LOGIN", pg.uri(user="mallory", password="not-the-password"))
+    for conn_id, reason in (("gone_public", "connection refused"), ("wrong_login", "authentication failed")):
+        with pytest.raises(DatabaseConnectError) as raised:
+            WalArchivalHook(postgres_conn_id=conn_id).get_archiver_status()
+        public = raised.value.public_message
+        assert public.startswith(f"Cannot connect to PostgreSQL with connection '{conn_id}': ")
+        assert reason in public and "\n" not in public
+        for detail in ("127.0.0.1", str(port), str(pg.port), "alice", "mallory", "ledger", "postgres"):
+            assert detail not in public, (detail, public)
+        assert "127.0.0.1" in str(raised.value)
+
+
+def test_a_password_that_libpq_quotes_is_hidden(monkeypatch):
+    # a password pasted into the host field: libpq names the host it could not resolve
+    password = "Tr0ub4dor-and-3"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PASTED",
+        f'{{"conn_type": "postgres", "host": "{password}", "login": "mon", "password": "{password}"}}',
+    )
+    with pytest.raises(DatabaseConnectError) as raised:
+        WalArchivalHook(postgres_conn_id="pasted").get_archiver_status()
+    message = str(raised.value)
+    assert password not in message and password not in raised.value.public_message
+    assert "[password hidden]" in message and "check the connection's host name" in message
