@@ -7,38 +7,88 @@ every route here depends on one of Airflow's authorization checks, the same ones
 - ``GET /`` (the page) and ``GET /api/overview``: read DAGs, the ``dag_id`` asked if any
   (SimpleAuthManager: Viewer);
 - ``POST /api/connections/{conn_id}/migrations/{migration}/pause`` (or ``/resume``): edit DAGs
-  (User);
+  (User); the migration's name may contain ``/``;
 - ``PUT /api/flags/{variable_key}``: edit that Variable (Op).
+
+A connection's host, port, database and login appear in its errors only for people who may read
+that Airflow connection (Op), as in Airflow's own connections API.
 
 Changes take JSON bodies only (``Content-Type: application/json``), which a form on another site
 cannot send with the session cookie.
+
+The routes are asynchronous: the databases are read in the :class:`~.overview.ConnectionReader`'s
+threads, each within ``[walthrottle] ui_read_timeout``, never in the api-server's threadpool, which
+serves Airflow's own API.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from airflow.api_fastapi.app import get_auth_manager
-from airflow.api_fastapi.auth.managers.models.resource_details import VariableDetails
+from airflow.api_fastapi.auth.managers.models.resource_details import ConnectionDetails, VariableDetails
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag, requires_access_variable
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool
+from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_walthrottle.exceptions import WalThrottleError
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
 from airflow_provider_walthrottle.migrations.catalog import MigrationNotFoundError, MigrationStatusError
 from airflow_provider_walthrottle.plugins import overview
-from airflow_provider_walthrottle.plugins.page import render_page
+from airflow_provider_walthrottle.plugins.page import content_security_policy, render_page
+
+if TYPE_CHECKING:
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 
 log = logging.getLogger(__name__)
 
 
 class FlagChange(BaseModel):
-    """The body of ``PUT /api/flags/{variable_key}``."""
+    """The body of ``PUT /api/flags/{variable_key}``: a JSON boolean, not ``"yes"`` or ``1``."""
 
-    enabled: bool
+    enabled: StrictBool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Permissions:
+    """What the user may do and see on the page."""
+
+    can_pause: bool
+    can_toggle_flags: bool
+    reads_connection: dict[str, bool]
+
+
+def _permissions(user: BaseUser, conn_ids: list[str]) -> _Permissions:
+    auth_manager = get_auth_manager()
+    return _Permissions(
+        can_pause=auth_manager.is_authorized_dag(method="PUT", user=user),
+        can_toggle_flags=auth_manager.is_authorized_variable(
+            method="PUT", details=VariableDetails(key=WAL_HEALTH_FLAG), user=user
+        ),
+        reads_connection={
+            conn_id: auth_manager.is_authorized_connection(
+                method="GET", details=ConnectionDetails(conn_id=conn_id), user=user
+            )
+            for conn_id in conn_ids
+        },
+    )
+
+
+def _as_seen_by(
+    connections: list[overview.ConnectionOverview], permissions: _Permissions
+) -> list[overview.ConnectionOverview]:
+    """Hide the host, port, database and login of the connections the user may not read."""
+    return [
+        connection
+        if permissions.reads_connection.get(connection.conn_id)
+        else connection.without_connection_details()
+        for connection in connections
+    ]
 
 
 def require_json(request: Request) -> None:
@@ -59,21 +109,28 @@ def _known_connection(conn_id: str) -> str:
     return conn_id
 
 
-def _read_overview(dag_id: str | None, run_id: str | None) -> tuple[int, list[overview.ConnectionOverview]]:
-    threshold = overview.configured_threshold()
-    connections = [
-        overview.read_connection(conn_id, threshold, dag_id=dag_id, run_id=run_id if dag_id else None)
-        for conn_id in overview.configured_connection_ids()
-    ]
-    return threshold, connections
-
-
 def create_app() -> FastAPI:
     """Build the app Airflow mounts at ``/walthrottle``."""
     app = FastAPI(
         title="Batched migrations (airflow-provider-walthrottle)",
         description="The migrations page of the WAL throttle provider and its JSON API.",
     )
+    reader = overview.ConnectionReader()
+
+    async def read_overview_for(
+        user: BaseUser, dag_id: str | None, run_id: str | None
+    ) -> tuple[int, list[overview.ConnectionOverview], _Permissions]:
+        threshold = overview.configured_threshold()
+        conn_ids = overview.configured_connection_ids()
+        connections = await reader.read_all(
+            conn_ids,
+            threshold,
+            timeout=overview.configured_read_timeout(),
+            dag_id=dag_id,
+            run_id=run_id if dag_id else None,
+        )
+        permissions = await run_in_threadpool(_permissions, user, conn_ids)
+        return threshold, _as_seen_by(connections, permissions), permissions
 
     @app.get(
         "/",
@@ -81,7 +138,7 @@ def create_app() -> FastAPI:
         dependencies=[Depends(requires_access_dag("GET"))],
         summary="The migrations page",
     )
-    def migrations_page(
+    async def migrations_page(
         request: Request,
         user: GetUserDep,
         conn_id: Annotated[str | None, Query()] = None,
@@ -89,57 +146,71 @@ def create_app() -> FastAPI:
         dag_id: Annotated[str | None, Query()] = None,
         run_id: Annotated[str | None, Query()] = None,
     ) -> HTMLResponse:
-        threshold, connections = _read_overview(dag_id, run_id)
-        auth_manager = get_auth_manager()
+        threshold, connections, permissions = await read_overview_for(user, dag_id, run_id)
+        flags = await run_in_threadpool(overview.read_flags)
         html = render_page(
             connections,
-            overview.read_flags(),
+            flags,
             threshold=threshold,
             api_base=f"{request.scope.get('root_path', '')}/api",
-            can_pause=auth_manager.is_authorized_dag(method="PUT", user=user),
-            can_toggle_flags=auth_manager.is_authorized_variable(
-                method="PUT", details=VariableDetails(key=WAL_HEALTH_FLAG), user=user
-            ),
+            can_pause=permissions.can_pause,
+            can_toggle_flags=permissions.can_toggle_flags,
             highlight=(conn_id, migration),
             filters={"DAG": dag_id or "", "run": (run_id or "") if dag_id else ""},
         )
-        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(
+            html,
+            headers={"Cache-Control": "no-store", "Content-Security-Policy": content_security_policy()},
+        )
 
     @app.get(
         "/api/overview",
         dependencies=[Depends(requires_access_dag("GET"))],
         summary="Backlogs, migrations and flags, as JSON",
     )
-    def read_overview(
+    async def read_overview(
+        user: GetUserDep,
         dag_id: Annotated[str | None, Query()] = None,
         run_id: Annotated[str | None, Query()] = None,
     ) -> dict[str, Any]:
-        threshold, connections = _read_overview(dag_id, run_id)
+        threshold, connections, _ = await read_overview_for(user, dag_id, run_id)
+        flags = await run_in_threadpool(overview.read_flags)
         return {
             "threshold": threshold,
-            "flags": [flag.to_dict() for flag in overview.read_flags()],
+            "flags": [flag.to_dict() for flag in flags],
             "connections": [connection.to_dict() for connection in connections],
         }
 
     @app.post(
-        "/api/connections/{conn_id}/migrations/{migration}/{action}",
+        "/api/connections/{conn_id}/migrations/{migration:path}/{action}",
         dependencies=[Depends(requires_access_dag("PUT")), Depends(require_json)],
         summary="Pause a migration (its tasks wait or skip until it is resumed), or resume it",
     )
-    def pause_or_resume_migration(
+    async def pause_or_resume_migration(
         conn_id: str, migration: str, action: Literal["pause", "resume"], user: GetUserDep
     ) -> dict[str, Any]:
         from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
         hook = WalArchivalHook(postgres_conn_id=_known_connection(conn_id))
+        timeout = overview.configured_read_timeout()
         try:
-            new_status = hook.set_migration_paused(migration, action == "pause")
+            new_status = await reader.call(
+                hook.set_migration_paused, migration, action == "pause", timeout=timeout
+            )
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                status.HTTP_504_GATEWAY_TIMEOUT,
+                f"connection {conn_id!r} did not answer within {timeout:g} s; reload the page to see "
+                f"whether migration {migration!r} changed",
+            ) from None
         except MigrationNotFoundError as error:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
         except MigrationStatusError as error:
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
         except WalThrottleError as error:
-            raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(error)) from None
+            permissions = await run_in_threadpool(_permissions, user, [conn_id])
+            detail = str(error) if permissions.reads_connection[conn_id] else error.public_message
+            raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail) from None
         log.info("User %s: %s migration %s on %s", user.get_name(), action, migration, conn_id)
         return {"conn_id": conn_id, "migration": migration, "status": new_status}
 

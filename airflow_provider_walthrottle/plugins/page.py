@@ -2,13 +2,18 @@
 
 The page is shown in the Airflow UI in an iframe (an external view); its buttons call the plugin's
 JSON endpoints with the browser's Airflow session cookie. Everything that comes from a database or
-a Variable is escaped.
+a Variable is escaped, and the page is served with a Content-Security-Policy
+(:func:`content_security_policy`) that lets only its own script and stylesheet run: no other script,
+no ``style`` attribute, nothing loaded from elsewhere.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
+import functools
+import hashlib
 import json
 from html import escape
 from importlib.resources import files
@@ -24,8 +29,35 @@ if TYPE_CHECKING:
 REFRESH_SECONDS = 15
 
 
+@functools.cache
 def _asset(name: str) -> str:
     return (files("airflow_provider_walthrottle.plugins") / "assets" / name).read_text(encoding="utf-8")
+
+
+def _sha256_source(text: str) -> str:
+    digest = base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+    return f"'sha256-{digest}'"
+
+
+@functools.cache
+def content_security_policy() -> str:
+    """Return the page's ``Content-Security-Policy`` header.
+
+    The page inlines one script and one stylesheet (``assets/``), allowed by their SHA-256 hashes;
+    nothing else may run or load. Its buttons ``fetch()`` the plugin's API on the same origin, and
+    only the Airflow UI (same origin) may frame it.
+    """
+    return "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {_sha256_source(_asset('migrations.js'))}",
+            f"style-src {_sha256_source(_asset('migrations.css'))}",
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'self'",
+        ]
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +123,16 @@ def _render_flags(flags: Sequence[FlagView], *, api_base: str, can_toggle: bool)
     rows = []
     for flag in flags:
         kind = "on" if flag.enabled else ("rollout" if flag.enabled is None else "off")
+        if flag.invalid:
+            kind = "invalid"
         turn_on = flag.enabled is not True
         rows.append(
-            "<tr>"
+            f"<tr id='flag-{escape(flag.key)}'>"
             f"<td><code>{escape(flag.key)}</code></td>"
             f"<td><span class='badge b-{kind}'>{escape(flag.state)}</span></td>"
             f"<td>{escape(flag.description)}</td>"
-            f"<td class='muted'>{escape(flag.raw) if flag.raw is not None else 'unset'}</td>"
+            f"<td class='{'error' if flag.invalid else 'muted'}'>"
+            f"{escape(flag.raw) if flag.raw is not None else 'unset'}</td>"
             f"<td>{_button('Turn on' if turn_on else 'Turn off', 'PUT', f'{api_base}/flags/{_q(flag.key)}', {'enabled': turn_on}, enabled=can_toggle, refused='Changing Variables needs the Op role')}</td>"  # noqa: E501
             "</tr>"
         )
@@ -272,10 +307,12 @@ def _button(label: str, method: str, url: str, body: dict[str, Any], *, enabled:
 
 
 def _bar(fraction: float, label: str) -> str:
+    # an SVG rect, not a style attribute, which the Content-Security-Policy refuses
     width = max(0.0, min(fraction, 1.0)) * 100
     return (
-        f"<div class='bar{' over' if fraction > 1 else ''}'><span style='width:{width:.1f}%'></span>"
-        f"<em>{escape(label)}</em></div>"
+        f"<div class='bar{' over' if fraction > 1 else ''}'>"
+        f"<svg viewBox='0 0 100 1' preserveAspectRatio='none' aria-hidden='true'>"
+        f"<rect width='{width:.1f}' height='1'/></svg><em>{escape(label)}</em></div>"
     )
 
 

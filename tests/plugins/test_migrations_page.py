@@ -1,24 +1,30 @@
 """The "Batched migrations" page and its API, served by a real api-server, read in real Chromium.
 
-The database side is real: a PostgreSQL cluster with a gated archiver, two migrations run with the
-batching core against its real backlog (one throttled by 50 pending segments, one paused), and a
-second configured connection that points at a closed port. Airflow is a real api-server (only that
-component: the page needs no scheduler) with SimpleAuthManager and one user per role.
+The database side is real: a PostgreSQL cluster with a gated archiver, migrations run with the
+batching core against its real backlog (one throttled by 50 pending segments, one paused, one
+finished after rows were deleted under it, one with a ``/`` in its name), and a second configured
+connection that points at a closed port. Airflow is a real api-server (only that component: the
+page needs no scheduler) with SimpleAuthManager and one user per role. One test starts a second
+api-server whose page also reads a server that accepts connections and never answers.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import html
 import json
 import os
 import shutil
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
+from airflow_provider_walthrottle.flags import KILL_SWITCH_VARIABLE, WAL_HEALTH_FLAG
 from airflow_provider_walthrottle.health import OnUnavailable, evaluate_wal_archival, may_proceed
 from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
@@ -31,6 +37,7 @@ from airflow_provider_walthrottle.migrations.runner import (
 )
 from tests.airflow_standalone import AirflowStandalone, free_port, make_home
 from tests.migrations.conftest import increment_migration, make_table
+from tests.silent_server import SilentServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -39,8 +46,11 @@ if TYPE_CHECKING:
 
 CONN_ID = "pg_ui"
 DOWN_CONN_ID = "pg_down"
+DOWN_PORT = free_port()  # nothing listens there
 THROTTLED = "orders_backfill"
 PAUSED = "users_cleanup"
+FINISHED = "events_backfill"  # its last rows were deleted while it ran
+SLASHED = "billing/invoices_cleanup"
 USERS = ("admin", "viewer", "user", "op")
 ARTIFACTS = Path(os.environ.get("WALTHROTTLE_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
 
@@ -57,6 +67,8 @@ def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
     cluster.archive_one_segment()
     make_table(cluster, "orders", 3000)
     make_table(cluster, "users", 600)
+    make_table(cluster, "events", 3000)
+    make_table(cluster, "invoices", 300)
     settings = RunSettings(
         sub_batch_size=50, pause_ms=0, policy=BatchSizePolicy(min_batch_size=100, max_batch_size=300)
     )
@@ -66,9 +78,9 @@ def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
             health = evaluate_wal_archival(read_archiver_status(checks), 42)
             return HealthVerdict(proceed=may_proceed(health, OnUnavailable.WAIT), health=health)
 
-        def run(store: Any) -> Any:
+        def run(store: Any, dag_id: str = "ui_dag") -> Any:
             # what the operator does after each batch: keep the backlog its last check saw
-            result = run_one_batch(store, settings, check_health, dag_id="ui_dag", run_id="manual__1")
+            result = run_one_batch(store, settings, check_health, dag_id=dag_id, run_id="manual__1")
             if result.job is not None and result.health is not None:
                 store.note_backlog(result.job.id, result.health.status.pending_segments)
             return result
@@ -79,6 +91,12 @@ def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
         users = prepare(conn, increment_migration(PAUSED, "users"), batch_size=100)
         assert run(users).outcome is Outcome.COMPLETED
         users.set_paused(True)
+        events = prepare(conn, increment_migration(FINISHED, "events"), batch_size=300)
+        assert run(events, "events_dag").outcome is Outcome.COMPLETED
+        cluster.execute("DELETE FROM events WHERE id > 1100")  # the first batch walked about 1050 ids
+        outcomes = [run(events, "events_dag").outcome for _ in range(3)]
+        assert Outcome.FINISHED in outcomes, outcomes
+        prepare(conn, increment_migration(SLASHED, "invoices"), batch_size=100)
         cluster.make_backlog(50)
         throttled = run(orders)
         assert throttled.outcome is Outcome.THROTTLED, throttled
@@ -95,7 +113,7 @@ def airflow_ui(database: PostgresCluster) -> Iterator[AirflowStandalone]:
         dags_folder=home / "dags",
         connections={
             CONN_ID: database.uri(),
-            DOWN_CONN_ID: f"postgresql://nobody:secret@127.0.0.1:{free_port()}/postgres",
+            DOWN_CONN_ID: f"postgresql://nobody:secret@127.0.0.1:{DOWN_PORT}/postgres",
         },
         components=["api-server"],
         config={
@@ -296,7 +314,7 @@ def test_the_overview_shows_the_backlog_the_throttled_migration_and_the_broken_c
 
     down = connections[DOWN_CONN_ID]
     assert down["migrations"] == [] and down["health"] is None
-    assert DOWN_CONN_ID in down["error"] and "127.0.0.1" in down["error"]
+    assert DOWN_CONN_ID in down["error"] and "connection refused" in down["error"].lower()
 
 
 def test_the_dag_view_narrows_the_page_to_the_dags_migrations(airflow_ui, tokens):
@@ -310,6 +328,130 @@ def test_the_dag_view_narrows_the_page_to_the_dags_migrations(airflow_ui, tokens
     )
     assert status == 200
     assert overview["connections"][0]["migrations"] == []
+
+
+def test_a_finished_migration_reads_100_percent_even_with_rows_deleted_under_it(airflow_ui, tokens):
+    status, overview = call(airflow_ui, "GET", "/walthrottle/api/overview", token=tokens["viewer"])
+    assert status == 200
+    (finished,) = [m for m in overview["connections"][0]["migrations"] if m["name"] == FINISHED]
+    assert finished["status"] == "finished"
+    assert finished["keys_done"] < finished["total_keys"]  # the deleted rows were never walked
+    assert (finished["percentage"], finished["eta_seconds"]) == (100.0, 0.0)
+    status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["viewer"])
+    row = page.split(f"id='migration-{CONN_ID}-{FINISHED}'")[1].split("</tr>")[0]
+    assert "<em>100.0%</em>" in row
+
+
+def test_only_roles_that_may_read_connections_see_a_failing_ones_host_database_and_login(airflow_ui, tokens):
+    details = ("127.0.0.1", f":{DOWN_PORT}", "/postgres as", "nobody")
+    for role, sees in (("viewer", False), ("user", False), ("op", True), ("admin", True)):
+        # Airflow's own connections API agrees (404 for those allowed: the connection is an env var)
+        status, _ = call(airflow_ui, "GET", f"/api/v2/connections/{DOWN_CONN_ID}", token=tokens[role])
+        assert (status != 403) is sees, (role, status)
+
+        status, overview = call(airflow_ui, "GET", "/walthrottle/api/overview", token=tokens[role])
+        assert status == 200
+        (down,) = [c for c in overview["connections"] if c["conn_id"] == DOWN_CONN_ID]
+        assert f"connection '{DOWN_CONN_ID}'" in down["error"]
+        assert "connection refused" in down["error"].lower()
+        status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens[role])
+        card = page.split(f"<code>{DOWN_CONN_ID}</code>")[1].split("</div>")[0]
+        for text in (down["error"], card):
+            assert all((detail in text) is sees for detail in details), (role, text)
+        assert "secret" not in down["error"] and "secret" not in page
+        if not sees:
+            assert "shown to roles that may read connections" in down["error"]
+
+
+def test_a_migration_whose_name_contains_a_slash_is_paused_and_resumed(airflow_ui, database, tokens):
+    quoted = urllib.parse.quote(SLASHED, safe="")
+    url = f"/walthrottle/api/connections/{CONN_ID}/migrations/{quoted}"
+    status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["user"])
+    assert f"data-url='/walthrottle/api/connections/{CONN_ID}/migrations/{quoted}/pause'" in page
+
+    status, payload = call(airflow_ui, "POST", f"{url}/pause", token=tokens["user"], body={})
+    assert (status, payload) == (200, {"conn_id": CONN_ID, "migration": SLASHED, "status": "paused"})
+    assert migration_status(database, SLASHED) == "paused"
+    status, payload = call(airflow_ui, "POST", f"{url}/resume", token=tokens["user"], body={})
+    assert (status, payload["status"]) == (200, "active")
+    assert migration_status(database, SLASHED) == "active"
+    # a name that only starts like it is another migration
+    status, payload = call(airflow_ui, "POST", f"{url}%2Fextra/pause", token=tokens["user"], body={})
+    assert status == 404 and f"no batched migration named '{SLASHED}/extra'" in payload["detail"]
+
+
+@pytest.mark.parametrize("value", ["yes", "true", 1, 0, None, [True]])
+def test_a_flag_is_changed_only_with_a_json_boolean(airflow_ui, tokens, value):
+    before = flags_by_key(airflow_ui, tokens["admin"])[WAL_HEALTH_FLAG]["raw"]
+    status, payload = call(airflow_ui, "PUT", FLAG, token=tokens["op"], body={"enabled": value})
+    assert status == 422, payload
+    assert payload["detail"][0]["loc"] == ["body", "enabled"]
+    assert flags_by_key(airflow_ui, tokens["admin"])[WAL_HEALTH_FLAG]["raw"] == before
+
+
+def flags_by_key(airflow: AirflowStandalone, token: str) -> dict[str, dict[str, Any]]:
+    status, overview = call(airflow, "GET", "/walthrottle/api/overview", token=token)
+    assert status == 200, overview
+    return {flag["key"]: flag for flag in overview["flags"]}
+
+
+def set_variable(airflow: AirflowStandalone, key: str, value: str | None) -> None:
+    """Set (or, with ``None``, delete) a Variable through Airflow's REST API, as an admin would."""
+    try:
+        airflow.api("DELETE", f"/api/v2/variables/{key}")
+    except Exception as error:  # not set yet
+        assert "HTTP 404" in str(error), error
+    if value is not None:
+        airflow.api("POST", "/api/v2/variables", {"key": key, "value": value})
+
+
+def test_a_flag_with_an_invalid_value_shows_its_safe_side_in_red(airflow_ui, tokens):
+    try:
+        set_variable(airflow_ui, WAL_HEALTH_FLAG, "flase")
+        set_variable(airflow_ui, KILL_SWITCH_VARIABLE, "flase")
+        flags = flags_by_key(airflow_ui, tokens["viewer"])
+        wal, kill = flags[WAL_HEALTH_FLAG], flags[KILL_SWITCH_VARIABLE]
+        # the WAL flag throttles; the kill switch stops migrations
+        assert (wal["enabled"], wal["invalid"], wal["raw"]) == (True, True, "flase")
+        assert wal["state"].startswith("on (invalid value 'flase': treated as on, the safe side")
+        assert (kill["enabled"], kill["invalid"]) == (False, True)
+        assert kill["state"].startswith("off (invalid value 'flase': treated as off, the safe side")
+
+        status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["op"])
+        for key, button in ((WAL_HEALTH_FLAG, "Turn off"), (KILL_SWITCH_VARIABLE, "Turn on")):
+            row = page.split(f"<tr id='flag-{key}'>")[1].split("</tr>")[0]
+            assert "<span class='badge b-invalid'>" in row and "flase" in row
+            assert button in row
+        # the button writes a valid value, and the flag is valid again
+        status, payload = call(
+            airflow_ui,
+            "PUT",
+            f"/walthrottle/api/flags/{KILL_SWITCH_VARIABLE}",
+            token=tokens["op"],
+            body={"enabled": True},
+        )
+        assert status == 200, payload
+        assert (payload["raw"], payload["enabled"], payload["invalid"]) == ("true", True, False)
+    finally:
+        set_variable(airflow_ui, KILL_SWITCH_VARIABLE, None)
+        set_variable(airflow_ui, WAL_HEALTH_FLAG, "false")
+
+
+def test_the_page_has_a_content_security_policy(airflow_ui, tokens):
+    request = urllib.request.Request(
+        f"{airflow_ui.base_url}/walthrottle/", headers={"Authorization": f"Bearer {tokens['viewer']}"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        policy = response.headers["Content-Security-Policy"]
+        page = response.read().decode()
+    assert policy, "the page must send a Content-Security-Policy"
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"].startswith("'sha256-") and directives["style-src"].startswith("'sha256-")
+    assert "unsafe" not in policy
+    assert directives["frame-ancestors"] == "'self'"
+    # nothing the policy refuses: no style attribute, no other script
+    assert " style=" not in page and page.count("<script") == 1
 
 
 def test_airflow_lists_the_plugin_with_its_views(airflow_ui):
@@ -345,6 +487,13 @@ def test_the_page_in_chromium_shows_the_throttled_migration_and_its_buttons_work
             context = browser.new_context(viewport={"width": 1280, "height": 1100})
             context.add_cookies([{"name": "_token", "value": tokens["user"], "url": airflow_ui.base_url}])
             page = context.new_page()
+            refused: list[str] = []  # what the Content-Security-Policy blocked, as Chromium reports it
+            page.on(
+                "console",
+                lambda message: (
+                    refused.append(message.text) if "Content Security Policy" in message.text else None
+                ),
+            )
             page.goto(f"{airflow_ui.base_url}/walthrottle/?conn_id={CONN_ID}&migration={THROTTLED}")
             page.get_by_role("heading", name="Batched migrations").wait_for()
             highlighted = page.locator("tr.highlight")
@@ -352,6 +501,9 @@ def test_the_page_in_chromium_shows_the_throttled_migration_and_its_buttons_work
             assert "throttled" in highlighted.inner_text()
             assert "50 of 42 segments pending" in page.locator(f"#conn-{CONN_ID}").inner_text()
             assert page.locator("svg[role=img]").count() >= 1
+            # the inline stylesheet applied under the policy (its hash matches)
+            badge = page.locator(f"tr#migration-{CONN_ID}-{PAUSED} .badge")
+            assert badge.evaluate("element => getComputedStyle(element).borderRadius") == "10px"
             page.screenshot(path=str(ARTIFACTS / "migrations-page.png"), full_page=True)
 
             # a User may resume: the button calls the API with the session cookie
@@ -370,5 +522,106 @@ def test_the_page_in_chromium_shows_the_throttled_migration_and_its_buttons_work
             frame.get_by_role("heading", name="Batched migrations").wait_for(timeout=60_000)
             assert THROTTLED in frame.locator("body").inner_text()
             page.screenshot(path=str(ARTIFACTS / "airflow-ui-batched-migrations.png"))
+            assert not [text for text in refused if "walthrottle" in text or "inline" in text], refused
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# a server that accepts connections and never answers
+# --------------------------------------------------------------------------------------------------
+
+SILENT_CONN_ID = "pg_silent"
+CONCURRENT_REQUESTS = 50
+
+
+def is_one_red_line_for_the_silent_server(error: str) -> bool:
+    """Whether the error is the page's deadline (10 s), or the connect timeout (10 s) that won the race."""
+    return (
+        error.startswith(f"Connection '{SILENT_CONN_ID}' did not answer within 10 s")
+        or (
+            error.startswith(f"Cannot connect to PostgreSQL with connection '{SILENT_CONN_ID}'")
+            and "no answer within the connect timeout" in error
+        )
+    ) and "\n" not in error
+
+
+def test_a_silent_server_costs_the_page_one_red_line_and_the_api_server_nothing(database):
+    """Fifty Viewers load the overview while one configured connection never answers.
+
+    On a page that read connections in the api-server's threadpool with no timeout, these requests
+    held all of its 40 threads forever, and Airflow's own health endpoint stopped answering.
+    """
+    with SilentServer() as silent:
+        home = make_home()
+        airflow = AirflowStandalone(
+            home,
+            dags_folder=home / "dags",
+            connections={
+                CONN_ID: database.uri(),
+                SILENT_CONN_ID: f"postgresql://mon:mon-secret@127.0.0.1:{silent.port}/postgres",
+            },
+            components=["api-server"],
+            config={
+                "core": {"simple_auth_manager_users": "viewer:viewer"},
+                # the default timeouts: 10 s to connect, 10 s for the page to wait for each connection
+                "walthrottle": {"ui_connection_ids": f"{SILENT_CONN_ID},{CONN_ID}"},
+            },
+        )
+        try:
+            airflow.start()
+            token = airflow.token_of("viewer")
+
+            def overview() -> tuple[int, Any, float]:
+                started = time.monotonic()
+                status, body = call(airflow, "GET", "/walthrottle/api/overview", token=token)
+                return status, body, time.monotonic() - started
+
+            def health_seconds() -> float:
+                started = time.monotonic()
+                request = urllib.request.Request(f"{airflow.base_url}/api/v2/monitor/health")
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        assert response.status == 200
+                except (TimeoutError, urllib.error.URLError):
+                    return 10.0
+                return time.monotonic() - started
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:
+                loads = [pool.submit(overview) for _ in range(CONCURRENT_REQUESTS)]
+                time.sleep(2)  # every request is in, waiting on the silent server
+                assert not any(load.done() for load in loads)
+                while_waiting = []
+                for _ in range(5):
+                    while_waiting.append(health_seconds())
+                    time.sleep(0.5)
+                # Airflow's own API answered while fifty page loads waited on the silent server
+                assert max(while_waiting) < 2, while_waiting
+                results = [load.result(timeout=60) for load in loads]
+
+            for status, body, seconds in results:
+                assert status == 200, body
+                assert seconds < 10 + 5
+                silent_one, good = body["connections"]
+                assert silent_one["conn_id"] == SILENT_CONN_ID and silent_one["health"] is None
+                assert is_one_red_line_for_the_silent_server(silent_one["error"]), silent_one["error"]
+                assert "\n" not in silent_one["error"] and "mon-secret" not in silent_one["error"]
+                # the rest of the page: the good connection read as usual
+                assert good["conn_id"] == CONN_ID and good["error"] is None
+                assert good["health"]["status"]["pending_segments"] == 50
+            # the fifty requests shared one read of the silent server
+            assert silent.accepted <= 2, silent.accepted
+
+            # the page itself, as one red line for the silent server
+            status, page = call(airflow, "GET", "/walthrottle/", token=token)
+            assert status == 200
+            card = page.split(f"<code>{SILENT_CONN_ID}</code>")[1].split("</div>")[0]
+            (line,) = card.split("<p class='error'>")[1:]
+            assert is_one_red_line_for_the_silent_server(html.unescape(line.removesuffix("</p>"))), card
+            assert THROTTLED in page
+        finally:
+            airflow.stop()
+            leftovers = airflow.leftover_processes()
+            if os.environ.get("WALTHROTTLE_KEEP_AIRFLOW_HOME") != "1":
+                airflow.remove_home()
+            assert not leftovers, f"processes left behind: {leftovers}"
