@@ -175,7 +175,7 @@ class MigrationSummary:
     @property
     def percentage(self) -> float:
         """Share of the planned keys that are done, 0 to 100; 100 once finished."""
-        return 100.0 if self.status == "finished" else self.progress.percentage
+        return self.progress.percentage
 
     @property
     def eta_seconds(self) -> float | None:

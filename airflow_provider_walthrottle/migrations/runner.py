@@ -190,7 +190,9 @@ def run_one_batch(
     :raises JobFailedError: when ``batch_sql`` fails, or the connection is lost; the job is released
         first (or, with the connection gone, left to be taken over where it stopped).
     :raises MigrationStateError: when the migration failed, earlier or now: a range query found keys
-        outside its bounds (:class:`RangeEscapedError`), before anything of it was applied.
+        outside its bounds
+        (:class:`~airflow_provider_walthrottle.migrations.store.RangeEscapedError`), before anything
+        of it was applied.
     :raises MigrationDefinitionError: when the table or its column is gone; the job is paused.
     """
     migration = store.load()

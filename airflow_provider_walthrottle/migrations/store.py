@@ -117,8 +117,13 @@ class Progress:
 
     @property
     def percentage(self) -> float:
-        """Share of the planned keys that are done, 0 to 100."""
-        return 100.0 if self.total_rows == 0 else min(100.0, 100.0 * self.keys_done / self.total_rows)
+        """Share of the planned keys that are done, 0 to 100; 100 once finished.
+
+        A finished migration whose rows were deleted under it walked fewer keys than it planned.
+        """
+        if self.status == "finished" or self.total_rows == 0:
+            return 100.0
+        return min(100.0, 100.0 * self.keys_done / self.total_rows)
 
     @property
     def eta_seconds(self) -> float | None:

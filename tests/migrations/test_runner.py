@@ -79,6 +79,23 @@ def test_exactly_once_over_100k_rows_with_gaps_and_a_scope(migration_db):
     assert result.progress.keys_done == result.progress.total_rows == histogram[(True, 1)]
 
 
+def test_a_migration_whose_rows_were_deleted_under_it_reads_100_percent_once_finished(migration_db):
+    make_table(migration_db, "deleted_under", 3000)
+    definition = increment_migration("deleted_under", "deleted_under")
+    settings = RunSettings(sub_batch_size=100, pause_ms=0)
+    with psycopg.connect(migration_db.dsn(), autocommit=True) as conn:
+        store = prepare(conn, definition, batch_size=200)
+        first = run_one_batch(store, settings, always_healthy)
+        assert first.outcome is Outcome.COMPLETED and first.progress.percentage < 100
+        # half the keys still to walk disappear before the migration gets to them
+        conn.execute("DELETE FROM deleted_under WHERE id > (SELECT max(id) / 2 FROM deleted_under)")
+        while (result := run_one_batch(store, settings, always_healthy)).outcome is Outcome.COMPLETED:
+            pass
+    assert result.outcome is Outcome.FINISHED
+    assert result.progress.keys_done < result.progress.total_rows
+    assert result.progress.percentage == 100.0
+
+
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
