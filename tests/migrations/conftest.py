@@ -45,3 +45,20 @@ def increment_migration(name: str, table: str) -> MigrationDefinition:
         batch_sql=INCREMENT.format(table=table, scope=SCOPE),
         scope=SCOPE,
     )
+
+
+def poisoned_migration(name: str, table: str, poison: int) -> MigrationDefinition:
+    """Return the increment migration, except that its statement fails (division by zero) on one key.
+
+    :param poison: the key whose sub-batch raises, every time it runs.
+    """
+    return MigrationDefinition(
+        name=name,
+        table=table,
+        column="id",
+        batch_sql=(
+            f"UPDATE {table} SET counter = counter + 1 + 0 / CASE WHEN id = {poison} THEN 0 ELSE 1 END "
+            f"WHERE id BETWEEN %(start)s AND %(end)s AND {SCOPE}"
+        ),
+        scope=SCOPE,
+    )

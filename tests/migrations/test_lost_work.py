@@ -20,7 +20,7 @@ from airflow_provider_walthrottle.migrations.runner import (
     prepare,
 )
 from airflow_provider_walthrottle.migrations.store import MigrationStateError
-from tests.migrations.conftest import SCOPE, counter_histogram, make_table
+from tests.migrations.conftest import SCOPE, counter_histogram, make_table, poisoned_migration
 from tests.migrations.test_runner import (
     always_healthy,
     assert_ranges_partition,
@@ -205,16 +205,7 @@ def test_a_failed_migration_records_why_and_leaves_no_job_running(migration_db):
     make_table(migration_db, "why_failed", 600)
     keys = in_scope_keys(migration_db, "why_failed")
     poison = keys[10]  # in the first job
-    definition = MigrationDefinition(
-        name="why_failed",
-        table="why_failed",
-        column="id",
-        batch_sql=(
-            f"UPDATE why_failed SET counter = counter + 1 + 0 / CASE WHEN id = {poison} THEN 0 ELSE 1 END "
-            f"WHERE id BETWEEN %(start)s AND %(end)s AND {SCOPE}"
-        ),
-        scope=SCOPE,
-    )
+    definition = poisoned_migration("why_failed", "why_failed", poison)
     settings = RunSettings(
         sub_batch_size=25, pause_ms=0, policy=BatchSizePolicy(min_batch_size=50, max_batch_size=50)
     )

@@ -46,7 +46,13 @@ from airflow_provider_walthrottle.migrations.runner import (
     run_one_batch,
 )
 from airflow_provider_walthrottle.migrations.store import MigrationStateError
-from tests.migrations.conftest import SCOPE, counter_histogram, increment_migration, make_table
+from tests.migrations.conftest import (
+    SCOPE,
+    counter_histogram,
+    increment_migration,
+    make_table,
+    poisoned_migration,
+)
 from tests.postgres_cluster import wait_until
 
 if TYPE_CHECKING:
@@ -654,16 +660,7 @@ def test_a_job_failing_three_times_fails_the_migration_without_applying_anything
     make_table(migration_db, "max_attempts", 600)
     keys = in_scope_keys(migration_db, "max_attempts")
     poison = keys[160]  # in the second job (keys 100..199), its third sub-batch (150..174)
-    definition = MigrationDefinition(
-        name="max_attempts",
-        table="max_attempts",
-        column="id",
-        batch_sql=(
-            f"UPDATE max_attempts SET counter = counter + 1 + 0 / CASE WHEN id = {poison} THEN 0 ELSE 1 END "
-            f"WHERE id BETWEEN %(start)s AND %(end)s AND {SCOPE}"
-        ),
-        scope=SCOPE,
-    )
+    definition = poisoned_migration("max_attempts", "max_attempts", poison)
     settings = RunSettings(
         sub_batch_size=25, pause_ms=0, policy=BatchSizePolicy(min_batch_size=100, max_batch_size=100)
     )
