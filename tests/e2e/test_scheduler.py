@@ -315,10 +315,11 @@ def test_throttled_migration_on_a_real_scheduler(
     assert not state_tables_exist(database), "a batch ran while the backlog was above the threshold"
     assert rows_done(database) == {0: IN_SCOPE_ROWS}
     assert len(database.ready_segments()) >= BACKLOG
-    # metrics: the sensor's first check (in its task) counted a throttle event; the trigger's
-    # checks (in the triggerer) keep the backlog gauge up to date
-    assert statsd.lines(f"airflow.walthrottle.throttle_events.{DAG_ID}:") == [
-        f"airflow.walthrottle.throttle_events.{DAG_ID}:1|c"
+    # metrics: the sensor's first check (in its task) counted a throttle event, under the migration's
+    # name (the sensor of a migration DAG asks as the migration, as its operator does); the
+    # trigger's checks (in the triggerer) keep the backlog gauge up to date
+    assert statsd.lines(f"airflow.walthrottle.throttle_events.{MIGRATION}:") == [
+        f"airflow.walthrottle.throttle_events.{MIGRATION}:1|c"
     ]
     gauges = statsd.lines(f"airflow.walthrottle.wal.pending_segments.{CONN_ID}:")
     assert len(gauges) >= checks and all(int(line.split(":")[1].split("|")[0]) >= BACKLOG for line in gauges)
