@@ -13,13 +13,13 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider_walthrottle import __version__
-from airflow_provider_walthrottle.health import DEFAULT_MAX_PENDING_SEGMENTS, Signal
+from airflow_provider_walthrottle.wal.health import DEFAULT_MAX_PENDING_SEGMENTS, Signal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from airflow_provider_walthrottle.health import HealthSignal
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+    from airflow_provider_walthrottle.wal.health import HealthSignal
 
 EXIT_OK = 0
 EXIT_CRITICAL = 2
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _threshold(text: str) -> int:
-    from airflow_provider_walthrottle.health import parse_max_pending_segments
+    from airflow_provider_walthrottle.wal.health import parse_max_pending_segments
 
     try:
         return parse_max_pending_segments(text)
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the result is printed, stdout is stderr, Airflow's import included.
     with contextlib.redirect_stdout(sys.stderr):
         from airflow_provider_walthrottle.exceptions import WalThrottleError
-        from airflow_provider_walthrottle.health import evaluate_wal_archival
+        from airflow_provider_walthrottle.wal.health import evaluate_wal_archival
 
         try:
             hook = make_hook(args.target, args.database)

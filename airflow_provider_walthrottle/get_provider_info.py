@@ -27,7 +27,10 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "PostgreSQL WAL archival",
-                "python-modules": ["airflow_provider_walthrottle.hooks.wal_archival"],
+                "python-modules": [
+                    "airflow_provider_walthrottle.hooks.wal_archival",
+                    "airflow_provider_walthrottle.hooks.batched_migration",
+                ],
             }
         ],
         "operators": [

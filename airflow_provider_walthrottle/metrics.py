@@ -31,7 +31,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_provider_walthrottle.health import HealthSignal, OnUnavailable
+    from airflow_provider_walthrottle.wal.health import HealthSignal, OnUnavailable
 
 PREFIX = "walthrottle"
 PENDING_SEGMENTS = f"{PREFIX}.wal.pending_segments"
@@ -92,9 +92,9 @@ def record_decision(
     :param on_unavailable: what "not available" and "unknown" mean.
     :param conn_id: the Airflow connection the check was made on.
     :param actor: the migration or DAG that asked.
-    :raises HealthUnavailableError: as :func:`~airflow_provider_walthrottle.health.may_proceed`.
+    :raises HealthUnavailableError: as :func:`~airflow_provider_walthrottle.wal.health.may_proceed`.
     """
-    from airflow_provider_walthrottle.health import may_proceed
+    from airflow_provider_walthrottle.wal.health import may_proceed
 
     record_health(stats, health, conn_id=conn_id, actor=actor)
     proceed = may_proceed(health, on_unavailable)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, TaskGroup
 
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
-from airflow_provider_walthrottle.health import DEFAULT_MAX_PENDING_SEGMENTS
 from airflow_provider_walthrottle.operators.batched_migration import BatchedMigrationOperator
 from airflow_provider_walthrottle.sensors.wal_archival import WalArchivalSensor
+from airflow_provider_walthrottle.wal.health import DEFAULT_MAX_PENDING_SEGMENTS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -211,8 +211,8 @@ class Follower:
         return self.conn
 
     def _backlog(self) -> None:
-        from airflow_provider_walthrottle.health import evaluate_wal_archival
-        from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
+        from airflow_provider_walthrottle.wal.health import evaluate_wal_archival
+        from airflow_provider_walthrottle.wal.queries import read_archiver_status
 
         health = evaluate_wal_archival(read_archiver_status(self._connection()), THRESHOLD)
         pending = health.status.pending_segments

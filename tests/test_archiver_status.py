@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from airflow_provider_walthrottle.archiver_status import (
+from airflow_provider_walthrottle.wal.archiver_status import (
     BacklogMethod,
     ServerArchiverState,
     build_archiver_status,
@@ -110,7 +110,7 @@ def test_archiving_applies_only_where_the_server_archives(archive_mode, in_recov
     status = build_archiver_status(
         _state(archive_mode=archive_mode, in_recovery=in_recovery), ready_segments=4
     )
-    assert status.is_applicable is applicable
+    assert (status.method is not BacklogMethod.NOT_APPLICABLE) is applicable
     if applicable:
         assert status.pending_segments == 4
     else:

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from airflow_provider_walthrottle.archiver_status import ArchiverStatus, BacklogMethod
-from airflow_provider_walthrottle.health import (
+from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus, BacklogMethod
+from airflow_provider_walthrottle.wal.health import (
     HealthUnavailableError,
     OnUnavailable,
     Signal,
@@ -113,7 +113,7 @@ def test_on_unavailable_parse_lists_accepted_values():
 
 
 def test_the_exact_count_limit_is_twice_the_threshold_and_at_least_16():
-    from airflow_provider_walthrottle.health import exact_count_limit
+    from airflow_provider_walthrottle.wal.health import exact_count_limit
 
     assert exact_count_limit(42) == 84
     assert exact_count_limit(3) == 16

@@ -18,8 +18,6 @@ from airflow.sdk import DAG
 from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
 
 from airflow_provider_walthrottle import BatchedMigrationOperator
-from airflow_provider_walthrottle.archiver_status import ArchiverStatus, BacklogMethod
-from airflow_provider_walthrottle.health import evaluate_wal_archival
 from airflow_provider_walthrottle.metrics import (
     metric_name,
     record_batch,
@@ -28,6 +26,8 @@ from airflow_provider_walthrottle.metrics import (
     task_stats,
     triggerer_stats,
 )
+from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus, BacklogMethod
+from airflow_provider_walthrottle.wal.health import evaluate_wal_archival
 from tests.dag_testing import run_dag, task_states
 from tests.migrations.conftest import INCREMENT, SCOPE, make_table
 from tests.statsd_listener import StatsdListener
@@ -160,8 +160,8 @@ def test_the_operator_sends_its_batch_and_backlog_metrics(task_statsd, monkeypat
 
 
 def test_a_decision_to_stop_is_counted_and_one_to_go_on_is_not(statsd):
-    from airflow_provider_walthrottle.health import OnUnavailable
     from airflow_provider_walthrottle.metrics import record_decision
+    from airflow_provider_walthrottle.wal.health import OnUnavailable
 
     stats, listener = statsd
     stop = evaluate_wal_archival(status(43), 42)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_walthrottle.wal import (
+from airflow_provider_walthrottle.wal.segments import (
     WalFileKind,
     parse_lsn,
     parse_wal_file_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import asynccontextmanager, contextmanager
 from copy import deepcopy
 from typing import TYPE_CHECKING, Any
@@ -22,19 +23,19 @@ from airflow_provider_walthrottle.exceptions import (
     first_line,
     hide_password,
 )
-from airflow_provider_walthrottle.hooks.wal_archival_sql import (
+from airflow_provider_walthrottle.wal.queries import (
     archiver_status_conversation,
     read_archiver_status,
 )
-from airflow_provider_walthrottle.migrations.queries import STATE_SCHEMA
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from airflow.sdk import Connection
 
-    from airflow_provider_walthrottle.archiver_status import ArchiverStatus
+    from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
     from airflow_provider_walthrottle.migrations.catalog import MigrationSummary
+    from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus
 
 
 #: The configuration section of the provider (``[walthrottle]`` in ``airflow.cfg``).
@@ -230,7 +231,7 @@ class WalArchivalHook(PostgresHook):
         """Measure the archiver's state and backlog once.
 
         :param exact_up_to: count exactly only while the LSN estimate is at most this many segments
-            (see :func:`~airflow_provider_walthrottle.hooks.wal_archival_sql.archiver_status_conversation`);
+            (see :func:`~airflow_provider_walthrottle.wal.queries.archiver_status_conversation`);
             ``None``, the default: always count exactly when the role may.
         :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
         :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
@@ -268,79 +269,48 @@ class WalArchivalHook(PostgresHook):
             except psycopg.Error as error:
                 raise self._query_error(error) from None
 
-    def get_migrations(self, **filters: Any) -> list[MigrationSummary]:
-        """Read the database's batched migrations, with their last jobs and history.
+    # -- moved to BatchedMigrationHook; these names stay for one release --------------------------
 
-        :param filters: ``name``, ``dag_id``, ``run_id``, ``recent_jobs`` and ``history``, as
-            :func:`~airflow_provider_walthrottle.migrations.catalog.read_migrations` takes them.
-        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
-        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
-        :raises InsufficientPrivilegeError: if the role may not read the state tables.
+    def get_migrations(self, **filters: Any) -> list[MigrationSummary]:
+        """Deprecated: use :meth:`.BatchedMigrationHook.get_migrations`.
+
+        :param filters: as that method takes them.
         """
-        with self.connect(read_only=True) as conn:
-            return self._read_migrations(conn, filters)
+        return self._as_migration_hook("get_migrations").get_migrations(**filters)
 
     def get_archiver_status_and_migrations(
         self, **filters: Any
     ) -> tuple[ArchiverStatus, list[MigrationSummary]]:
-        """Measure the backlog (counted exactly) and read the batched migrations, on one connection.
+        """Deprecated: use :meth:`.BatchedMigrationHook.get_archiver_status_and_migrations`.
 
-        :param filters: as for :meth:`get_migrations`.
-        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
-        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
-        :raises InsufficientPrivilegeError: if the role may not read the archiver statistics or
-            the state tables.
+        :param filters: as that method takes them.
         """
-        with self.connect(read_only=True) as conn:
-            return self._read_archiver_status(conn, None), self._read_migrations(conn, filters)
-
-    def _read_migrations(
-        self, conn: psycopg.Connection[Any], filters: dict[str, Any]
-    ) -> list[MigrationSummary]:
-        from airflow_provider_walthrottle.migrations.catalog import read_migrations
-
-        try:
-            return read_migrations(conn, **filters)
-        except psycopg.Error as error:
-            raise self._state_error(error, "read") from None
+        return self._as_migration_hook(
+            "get_archiver_status_and_migrations"
+        ).get_archiver_status_and_migrations(**filters)
 
     def set_migration_paused(self, name: str, paused: bool) -> str:
-        """Pause an active migration or resume a paused one; return its new status.
+        """Deprecated: use :meth:`.BatchedMigrationHook.set_migration_paused`.
 
         :param name: the migration.
         :param paused: ``True`` to pause, ``False`` to resume.
-        :raises MigrationNotFoundError: no migration has that name.
-        :raises MigrationStatusError: it is finished or failed.
-        :raises InsufficientPrivilegeError: if the role may not update the state tables.
         """
-        from airflow_provider_walthrottle.migrations.catalog import set_migration_paused
+        return self._as_migration_hook("set_migration_paused").set_migration_paused(name, paused)
 
-        with self.connect() as conn:
-            try:
-                return set_migration_paused(conn, name, paused)
-            except psycopg.Error as error:
-                raise self._state_error(error, "update") from None
+    def _as_migration_hook(self, method: str) -> BatchedMigrationHook:
+        from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
 
-    def _state_error(
-        self, error: psycopg.Error, action: str
-    ) -> DatabaseQueryError | InsufficientPrivilegeError:
-        """Turn a failed query on the state tables into one line that names the connection and the fix."""
-        if isinstance(error, psycopg.errors.InsufficientPrivilege):
-            login = self._get_airflow_connection().login
-            grant = (
-                f"grant USAGE on schema {STATE_SCHEMA} and "
-                f"{'SELECT' if action == 'read' else 'SELECT, UPDATE'} on its tables"
-            )
-            return InsufficientPrivilegeError(
-                f"Role '{login}' of connection '{self.conn_id}' may not {action} the batched migrations' "
-                f"state tables: {first_line(error)}; {grant}",
-                public=f"The role of connection '{self.conn_id}' may not {action} the batched migrations' "
-                f"state tables: {first_line(error)}; {grant}",
-            )
-        doing = "Reading the batched migrations" if action == "read" else "Updating a batched migration"
-        return DatabaseQueryError(
-            f"{doing} with {self.describe_target()} failed: {first_line(error)}",
-            public=f"{doing} with {self.describe_target(public=True)} failed: {first_line(error)}",
+        warnings.warn(
+            f"WalArchivalHook.{method}() moved to BatchedMigrationHook.{method}() "
+            "(airflow_provider_walthrottle.hooks.batched_migration); the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return BatchedMigrationHook(
+            postgres_conn_id=self.conn_id,
+            database=self.database,
+            options=self.options,
+            connection=self._get_airflow_connection(),
         )
 
     @asynccontextmanager

@@ -189,9 +189,9 @@ def create_app() -> FastAPI:
     async def pause_or_resume_migration(
         conn_id: str, migration: str, action: Literal["pause", "resume"], user: GetUserDep
     ) -> dict[str, Any]:
-        from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+        from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
 
-        hook = WalArchivalHook(postgres_conn_id=_known_connection(conn_id))
+        hook = BatchedMigrationHook(postgres_conn_id=_known_connection(conn_id))
         timeout = overview.configured_read_timeout()
         try:
             new_status = await reader.call(

@@ -23,11 +23,11 @@ from airflow_provider_walthrottle.flags import (
     InvalidFlagValueError,
     parse_flag_value,
 )
-from airflow_provider_walthrottle.health import DEFAULT_MAX_PENDING_SEGMENTS, evaluate_wal_archival
+from airflow_provider_walthrottle.wal.health import DEFAULT_MAX_PENDING_SEGMENTS, evaluate_wal_archival
 
 if TYPE_CHECKING:
-    from airflow_provider_walthrottle.health import HealthSignal
     from airflow_provider_walthrottle.migrations.catalog import MigrationSummary
+    from airflow_provider_walthrottle.wal.health import HealthSignal
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,12 @@ def read_connection(conn_id: str, threshold: int, **filters: Any) -> ConnectionO
 
     :param conn_id: the Airflow connection.
     :param threshold: the threshold to compare the backlog with.
-    :param filters: passed to :meth:`~.WalArchivalHook.get_archiver_status_and_migrations`.
+    :param filters: passed to :meth:`~.BatchedMigrationHook.get_archiver_status_and_migrations`.
     """
     from airflow_provider_walthrottle.exceptions import WalThrottleError
-    from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+    from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
 
-    hook = WalArchivalHook(postgres_conn_id=conn_id)
+    hook = BatchedMigrationHook(postgres_conn_id=conn_id)
     try:
         status, migrations = hook.get_archiver_status_and_migrations(**filters)
     except WalThrottleError as error:

@@ -10,7 +10,8 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG, health_check_flag
-from airflow_provider_walthrottle.health import (
+from airflow_provider_walthrottle.metrics import record_decision, task_stats
+from airflow_provider_walthrottle.wal.health import (
     DEFAULT_MAX_PENDING_SEGMENTS,
     HealthUnavailableError,
     OnUnavailable,
@@ -18,7 +19,6 @@ from airflow_provider_walthrottle.health import (
     exact_count_limit,
     parse_max_pending_segments,
 )
-from airflow_provider_walthrottle.metrics import record_decision, task_stats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

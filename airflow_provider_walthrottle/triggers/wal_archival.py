@@ -11,14 +11,14 @@ from asgiref.sync import sync_to_async
 
 from airflow_provider_walthrottle.exceptions import WalThrottleError
 from airflow_provider_walthrottle.flags import health_check_flag
-from airflow_provider_walthrottle.health import (
+from airflow_provider_walthrottle.metrics import record_health, triggerer_stats
+from airflow_provider_walthrottle.wal.health import (
     HealthUnavailableError,
     OnUnavailable,
     evaluate_wal_archival,
     exact_count_limit,
     may_proceed,
 )
-from airflow_provider_walthrottle.metrics import record_health, triggerer_stats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_walthrottle.archiver_status import BacklogMethod
 from airflow_provider_walthrottle.exceptions import (
     ConnectionNotDefinedError,
     DatabaseConnectError,
     InsufficientPrivilegeError,
 )
 from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+from airflow_provider_walthrottle.wal.archiver_status import BacklogMethod
 
 MB = 1024 * 1024
 

@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_walthrottle.flags import KILL_SWITCH_VARIABLE, WAL_HEALTH_FLAG
-from airflow_provider_walthrottle.health import OnUnavailable, evaluate_wal_archival, may_proceed
-from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
 from airflow_provider_walthrottle.migrations.runner import (
     HealthVerdict,
@@ -35,6 +33,8 @@ from airflow_provider_walthrottle.migrations.runner import (
     prepare,
     run_one_batch,
 )
+from airflow_provider_walthrottle.wal.health import OnUnavailable, evaluate_wal_archival, may_proceed
+from airflow_provider_walthrottle.wal.queries import read_archiver_status
 from tests.airflow_standalone import AirflowStandalone, free_port, make_home
 from tests.migrations.conftest import increment_migration, make_table
 from tests.silent_server import SilentServer

@@ -18,9 +18,6 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-#: Names of real WAL segment files, as the archiver marks them ready in ``archive_status``.
-READY_SEGMENT_PATTERN = r"^[0-9A-F]{24}\.ready$"
-
 _SEGMENT = re.compile(r"^(?P<tli>[0-9A-F]{8})(?P<log>[0-9A-F]{8})(?P<seg>[0-9A-F]{8})$")
 _PARTIAL = re.compile(r"^(?P<tli>[0-9A-F]{8})(?P<log>[0-9A-F]{8})(?P<seg>[0-9A-F]{8})\.partial$")
 _BACKUP = re.compile(r"^(?P<tli>[0-9A-F]{8})(?P<log>[0-9A-F]{8})(?P<seg>[0-9A-F]{8})\.[0-9A-F]{8}\.backup$")
