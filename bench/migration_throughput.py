@@ -1,8 +1,8 @@
 """Rows per second of a batched migration run in-process, with no scheduler.
 
 Starts a throwaway PostgreSQL (the test harness), fills a table with ROWS rows, and runs the
-batching core (:func:`run_one_batch`, what the operator calls once per task) until the migration
-is finished, with the WAL check off. Prints one line of results per configuration and a table.
+batching core (:func:`run_batch`, what the operator calls once per task) until the migration is
+finished, with the WAL check off. Prints one line of results per configuration and a table.
 
     .venv/bin/python bench/migration_throughput.py --rows 1000000
     .venv/bin/python bench/migration_throughput.py --batch-size 1000 --sub-batch-size 100
@@ -22,15 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cluster import bench_cluster, machine, make_items_table, markdown_table, update_sql, write_json
 
+from airflow_provider_walthrottle.migrations.batch import BatchDone, run_batch
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
-from airflow_provider_walthrottle.migrations.runner import (
-    HealthVerdict,
-    Outcome,
-    RunSettings,
-    prepare,
-    run_one_batch,
-)
+from airflow_provider_walthrottle.migrations.runner import HealthVerdict, RunSettings, prepare
 
 if TYPE_CHECKING:
     from tests.postgres_cluster import PostgresCluster
@@ -52,7 +47,7 @@ def run(cluster: PostgresCluster, rows: int, batch_size: int, sub_batch_size: in
         started = time.perf_counter()
         batches = 0
         healthy = HealthVerdict(proceed=True)
-        while run_one_batch(store, settings, lambda: healthy).outcome is Outcome.COMPLETED:
+        while isinstance(run_batch(store, settings, lambda: healthy), BatchDone):
             batches += 1
         elapsed = time.perf_counter() - started
         progress = store.progress()

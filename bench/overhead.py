@@ -9,12 +9,13 @@ fresh copy of it (``CREATE TABLE ... AS``, new primary key, ``VACUUM ANALYZE``, 
     the sub-batch size): the same statements over the same key ranges as the operator's
     sub-batches, one transaction each, and nothing else.
 ``operator, WAL check on``
-    ``BatchedMigrationOperator``'s batch loop in-process: per task ``prepare()`` and the
-    operator's ``_run_batch`` on one open connection, until the migration is finished. That is the
-    runner (claim a job, per sub-batch the job's row lock, the range query with the WAL position,
-    the statement and the progress update in one transaction), the optimizer, the kill switch
-    and, with the flag on, the operator's WAL check before the batch and between sub-batches. Connecting and
-    the scheduler, which a real task adds, are left out.
+    ``BatchedMigrationOperator``'s batch loop in-process, through the public core as the operator
+    drives it (``bench/_core.py``): per task ``prepare()`` and ``run_batch()`` on one open
+    connection, until the migration is finished. That is the runner (claim a job, per sub-batch the
+    job's row lock, the range query with the WAL position, the statement and the progress update in
+    one transaction), the optimizer, the throttle accounting and, with the flag on, the WAL check
+    before the batch and between sub-batches (the flag read and the metrics sent at each).
+    Connecting, the kill switch and the scheduler, which a real task adds, are left out.
 ``operator, WAL check off``
     the same with the flag Variable off: the check reads the flag and returns.
 
@@ -52,13 +53,13 @@ from _cluster import (
     update_sql,
     write_json,
 )
-from airflow.sdk.exceptions import AirflowSkipException
+from _core import operator_settings, operator_task
 
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
 from airflow_provider_walthrottle.migrations import queries
+from airflow_provider_walthrottle.migrations.batch import BatchDone, Finished
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
 from airflow_provider_walthrottle.migrations.runner import prepare
-from airflow_provider_walthrottle.operators.batched_migration import BatchedMigrationOperator
 
 if TYPE_CHECKING:
     from tests.postgres_cluster import PostgresCluster
@@ -90,26 +91,13 @@ def run_operator(dsn: str, table: str, sub_batch_size: int) -> int:
     definition = MigrationDefinition(
         name=f"overhead_{table}", table=table, column="id", batch_sql=update_sql(table)
     )
-    operator = BatchedMigrationOperator(
-        task_id="overhead",
-        postgres_conn_id=CONN_ID,
-        migration_name=definition.name,
-        table=table,
-        column="id",
-        batch_sql=definition.batch_sql,
-        batch_size=BATCH_SIZE,
-        sub_batch_size=sub_batch_size,
-        pause_ms=0,
-        max_pending_segments=THRESHOLD,
-    )
+    settings = operator_settings(batch_size=BATCH_SIZE, sub_batch_size=sub_batch_size, threshold=THRESHOLD)
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
-            store = prepare(conn, definition, BATCH_SIZE)
-            try:
-                summary = operator._run_batch({}, store, THRESHOLD)
-            except AirflowSkipException:
+            step = operator_task(prepare(conn, definition, BATCH_SIZE), settings, conn_id=CONN_ID)
+            if isinstance(step, Finished):
                 break
-            assert summary["outcome"] == "completed", summary
+            assert isinstance(step, BatchDone), step
         row = conn.execute(
             sql.SQL("SELECT sum(sub_batches) FROM {} WHERE migration_name = %s").format(queries.JOBS),
             [definition.name],
@@ -145,9 +133,9 @@ def measure(cluster: PostgresCluster, variant: str, args: argparse.Namespace, ru
 
 #: Where the operator's time goes: (label, file, function) of the profiled calls.
 PARTS = (
-    ("sub-batch transactions (statement and bookkeeping)", "store.py", "run_sub_batch"),
-    ("WAL checks (flag and archiver status)", "batched_migration.py", "_check_health"),
-    ("claiming a job (plans its range)", "store.py", "claim_job"),
+    ("sub-batch transactions (statement and bookkeeping)", "executor.py", "run"),
+    ("WAL checks (flag and archiver status)", "gate.py", "check"),
+    ("claiming a job (plans its range)", "jobs.py", "claim"),
     ("prepare() per task", "runner.py", "prepare"),
     ("log lines", "structlog.py", "meth"),
 )

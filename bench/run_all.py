@@ -167,11 +167,12 @@ def fidelity_section(fidelity: dict[str, Any], runs: dict[str, Any], image_dir: 
         f"{fidelity['batch_size']:,} keys; before each batch (that is, after the last one) check the "
         f"backlog, and above 42 hold for a fixed time, then check again. GitLab holds 10 minutes; here "
         f"the hold is scaled by {fidelity['time_scale']:g} to {fidelity['gitlab_hold_seconds']:g} s.",
-        "- **ours**: `BatchedMigrationOperator`'s own batch loop, in-process: the operator's batch "
-        "method (the runner with its check between sub-batches, and the batch-size optimizer, starting at "
-        f"{fidelity['batch_size']:,} keys) with the WAL flag on, called again after each batch. When it "
-        "defers, the benchmark runs the trigger it deferred on to its first event (the real "
-        "`WalArchivalTrigger`, or the timer it sets when the headroom is too small for a batch). Its "
+        "- **ours**: `BatchedMigrationOperator`'s own batch loop, in-process: `run_batch()` as the "
+        "operator drives it (the runner with its check between sub-batches, and the batch-size optimizer, "
+        f"starting at {fidelity['batch_size']:,} keys) with the WAL flag on, called again after each "
+        "batch. When it says to wait for the backlog, the benchmark runs the trigger the operator defers "
+        "on (the real `WalArchivalTrigger`) to its first event, or sleeps for a fixed wait when the "
+        "backlog that would make room for the smallest batch is unknown. Its "
         "`wait_interval` (60 s by default) is scaled by the same factor, to "
         f"{fidelity['wait_interval']:g} s. "
         "What a real scheduler adds between tasks (queueing, a worker's start, the triggerer's round "
@@ -261,8 +262,9 @@ def overhead_section(over: dict[str, Any], seconds: float) -> list[str]:
         "",
         f"The same {over['rows']:,} rows updated by the same statements over the same key ranges: by "
         "a plain psycopg loop (autocommit, one statement a transaction, nothing else), and by "
-        "`BatchedMigrationOperator`'s batch loop in-process (`prepare()` and the operator's batch method "
-        f"once per task, batches starting at {over['batch_size']:,} keys, no pause between sub-batches), "
+        "`BatchedMigrationOperator`'s batch loop in-process (`prepare()` and `run_batch()` as the "
+        f"operator drives them, once per task, batches starting at {over['batch_size']:,} keys, no pause "
+        "between sub-batches), "
         "with the WAL flag on and off. Each run migrates a fresh copy of the table, after a `CHECKPOINT`; "
         f"the order rotates, and the median of {over['repeat']} runs is reported. Connecting, which "
         "each real task does once, and the scheduler are left out.",
@@ -280,7 +282,7 @@ def overhead_section(over: dict[str, Any], seconds: float) -> list[str]:
         overhead.breakdown_table(over),
         "",
         "Per sub-batch the operator adds to the statement, in the same transaction: locking its job "
-        "row, the range query on the key's index (`queries.next_range`: `min`/`max` of the next keys, "
+        "row, the range query on the key's index (`table_queries.next_range`: `min`/`max` of the next keys, "
         "and the WAL position), and the progress update, which reads the WAL the statement wrote; six "
         "round trips with `BEGIN` and `COMMIT`, against the plain loop's one. That is the price of "
         "exactly once: the statement's effect and its progress commit together, so a killed worker or "
@@ -362,7 +364,7 @@ def throughput_section(throughput: dict[str, Any]) -> list[str]:
     return [
         "## Raw throughput of the batching core",
         "",
-        "The batching core alone (`run_one_batch`, what the operator calls once per task) over a fresh "
+        "The batching core alone (`run_batch`, what the operator calls once per task) over a fresh "
         "table, fixed batch sizes, no WAL check, no pause, until the migration is finished:",
         "",
         "```bash",

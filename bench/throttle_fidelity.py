@@ -22,10 +22,11 @@ pause between them):
     the trigger, which re-checks when the drain rate it measured says the backlog is back at 42,
     sees room.
 ``ours``
-    ``BatchedMigrationOperator``'s own batch loop, in-process: the operator's ``_run_batch`` (the
-    runner, its checks between sub-batches and the batch-size optimizer, with the WAL flag on),
-    one call per task; when it defers, the benchmark runs the trigger it deferred on (the real
-    ``WalArchivalTrigger``, or a timer) to its first event, then calls the operator again. The
+    ``BatchedMigrationOperator``'s own batch loop, in-process, through the public core as the
+    operator drives it (``bench/_core.py``): ``run_batch()`` (the runner, its checks between
+    sub-batches and the batch-size optimizer, with the WAL flag on), one call per task; when it says
+    to wait for the backlog, the benchmark runs the trigger the operator would defer on (the real
+    ``WalArchivalTrigger``) to its first event, or sleeps for a fixed wait, then calls it again. The
     operator's ``wait_interval`` (60 s by default) is scaled by the same factor (0.6 s). What a real
     scheduler adds between two tasks (queueing, a worker start, the triggerer's round trip) is not
     modelled.
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import logging
 import os
 import statistics
@@ -58,10 +58,10 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cluster import bench_cluster, machine, make_items_table, markdown_table, update_sql, write_json
-from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
+from _core import operator_gate, operator_settings, operator_task
 
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG, FeatureFlag
-from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
+from airflow_provider_walthrottle.migrations.batch import BatchDone, Finished, WaitForBacklog
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
 from airflow_provider_walthrottle.migrations.runner import (
@@ -71,7 +71,7 @@ from airflow_provider_walthrottle.migrations.runner import (
     prepare,
     run_one_batch,
 )
-from airflow_provider_walthrottle.operators.batched_migration import BatchedMigrationOperator
+from airflow_provider_walthrottle.wal.queries import read_archiver_status
 
 if TYPE_CHECKING:
     from airflow_provider_walthrottle.migrations.store import MigrationStore
@@ -258,36 +258,23 @@ async def _first_event(trigger: Any) -> Any:
 def run_ours(
     store: MigrationStore, run: PolicyRun, started: float, batch_size: int, wait_interval: float, **_: Any
 ) -> None:
-    definition = store.definition
-    operator = BatchedMigrationOperator(
-        task_id="fidelity",
-        postgres_conn_id=CONN_ID,
-        migration_name=definition.name,
-        table=definition.table,
-        column=definition.column,
-        batch_sql=definition.batch_sql,
-        batch_size=batch_size,
-        sub_batch_size=SUB_BATCH_SIZE,
-        pause_ms=0,
-        max_pending_segments=THRESHOLD,
-        wait_interval=wait_interval,
-    )
+    settings = operator_settings(batch_size=batch_size, sub_batch_size=SUB_BATCH_SIZE, threshold=THRESHOLD)
     while True:
-        try:
-            summary = operator._run_batch({}, store, THRESHOLD)
-        except AirflowSkipException:
-            return  # finished
-        except TaskDeferred as deferred:
-            run.waits += 1
-            moment = getattr(deferred.trigger, "moment", None)
-            if moment is not None:  # a timer: the headroom is too small for the smallest batch
-                time.sleep(max((moment - datetime.datetime.now(datetime.timezone.utc)).total_seconds(), 0))
-            else:
-                event = asyncio.run(_first_event(deferred.trigger))
-                assert event is not None and event.payload["status"] == "success", event
+        step = operator_task(store, settings, conn_id=CONN_ID)
+        if isinstance(step, Finished):
+            return
+        if isinstance(step, BatchDone):
+            if step.summary["batch_size"]:
+                run.batches.append((time.monotonic() - started, step.summary["batch_size"]))
             continue
-        if summary["outcome"] == "completed" and summary["batch_size"]:
-            run.batches.append((time.monotonic() - started, summary["batch_size"]))
+        run.waits += 1
+        if isinstance(step, WaitForBacklog):  # what the operator defers on
+            gate = operator_gate(store, settings, conn_id=CONN_ID)
+            trigger = gate.trigger(poll_interval=wait_interval, max_pending_segments=step.at_most)
+            event = asyncio.run(_first_event(trigger))
+            assert event is not None and event.payload["status"] == "success", event
+        else:  # a fixed wait: the headroom the smallest batch needs is unknown
+            time.sleep(wait_interval)
 
 
 def run_ours_default(

@@ -70,7 +70,7 @@ def test_sensor_and_operator_ask_the_flag_as_the_same_actor(monkeypatch, migrati
     dag = make_dag("actor_table")
 
     sensor = dag.get_task("actor_table.wait_for_wal_archival")
-    assert sensor.actor == dag.get_task("actor_table.apply_batch").migration_name == "actor_table"
+    assert sensor.gate.actor == dag.get_task("actor_table.apply_batch").migration_name == "actor_table"
     dag_run = run_dag(dag)
 
     assert task_states(dag_run)["actor_table.apply_batch"] == "success"

@@ -12,63 +12,16 @@ import datetime
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.migrations import queries
-from airflow_provider_walthrottle.migrations.store import Progress
+from airflow_provider_walthrottle.migrations.state import MigrationStatus, Progress
 
 if TYPE_CHECKING:
     import psycopg
 
 #: Statuses a migration can be paused from, and resumed from.
-PAUSABLE, RESUMABLE = "active", "paused"
-
-_STATE_TABLES_EXIST = sql.SQL("SELECT to_regclass({}) IS NOT NULL AND to_regclass({}) IS NOT NULL").format(
-    sql.Literal(f"{queries.STATE_SCHEMA}.batched_migrations"),
-    sql.Literal(f"{queries.STATE_SCHEMA}.batched_migration_jobs"),
-)
-
-_MIGRATIONS = sql.SQL(
-    """
-SELECT m.name, m.table_schema, m.table_name, m.column_name, m.status, m.total_rows, m.cursor_key,
-       m.batch_size, m.rows_per_second, m.throttled_seconds, m.throttled_since, m.last_error,
-       m.created_at, m.updated_at, m.finished_at, {totals}, now() AS read_at
-FROM {migrations} AS m LEFT JOIN {jobs} AS j ON j.migration_name = m.name
-WHERE (%(dag_id)s::text IS NULL OR EXISTS (
-    SELECT 1 FROM {jobs} AS f
-    WHERE f.migration_name = m.name AND f.dag_id = %(dag_id)s
-      AND (%(run_id)s::text IS NULL OR f.run_id = %(run_id)s)))
-  AND (%(name)s::text IS NULL OR m.name = %(name)s)
-GROUP BY m.name
-ORDER BY m.status = 'finished', m.updated_at DESC, m.name
-"""
-).format(totals=queries.JOB_TOTALS, migrations=queries.MIGRATIONS, jobs=queries.JOBS)
-
-_RECENT_JOBS = sql.SQL(
-    """
-SELECT * FROM (
-    SELECT j.*, row_number() OVER (PARTITION BY j.migration_name ORDER BY j.id DESC) AS recency
-    FROM {jobs} AS j WHERE j.migration_name = ANY(%(names)s)
-) AS ranked
-WHERE recency <= %(limit)s
-ORDER BY migration_name, id DESC
-"""
-).format(jobs=queries.JOBS)
-
-_HISTORY = sql.SQL(
-    """
-SELECT * FROM (
-    SELECT j.migration_name, j.finished_at AS at, j.planned_rows AS batch_size, j.pending_segments,
-           j.rows_affected, j.duration_seconds,
-           row_number() OVER (PARTITION BY j.migration_name ORDER BY j.finished_at DESC) AS recency
-    FROM {jobs} AS j
-    WHERE j.migration_name = ANY(%(names)s) AND j.finished_at IS NOT NULL
-) AS ranked
-WHERE recency <= %(limit)s
-ORDER BY migration_name, at
-"""
-).format(jobs=queries.JOBS)
+PAUSABLE, RESUMABLE = MigrationStatus.ACTIVE, MigrationStatus.PAUSED
 
 
 class MigrationNotFoundError(LookupError):
@@ -86,7 +39,7 @@ class JobSummary:
     id: int
     start_key: str
     end_key: str
-    planned_rows: int
+    planned_keys: int
     status: str
     attempts: int
     rows_affected: int
@@ -100,6 +53,11 @@ class JobSummary:
     last_error: str | None
     started_at: datetime.datetime | None
     finished_at: datetime.datetime | None
+
+    @property
+    def planned_rows(self) -> int:
+        """Deprecated alias of ``planned_keys`` (it always counted keys); removed in 0.3."""
+        return self.planned_keys
 
 
 @dataclass(frozen=True)
@@ -122,7 +80,7 @@ class MigrationSummary:
     table_name: str
     column_name: str
     status: str
-    total_rows: int
+    total_keys: int
     cursor_key: str | None
     batch_size: int
     rows_per_second: float | None
@@ -142,6 +100,11 @@ class MigrationSummary:
     history: tuple[HistoryPoint, ...] = ()
 
     @property
+    def total_rows(self) -> int:
+        """Deprecated alias of ``total_keys`` (it always counted keys); removed in 0.3."""
+        return self.total_keys
+
+    @property
     def table(self) -> str:
         """``schema.table``."""
         return f"{self.table_schema}.{self.table_name}"
@@ -149,7 +112,7 @@ class MigrationSummary:
     @property
     def throttling(self) -> bool:
         """Whether the migration waits on the WAL backlog right now."""
-        return self.throttled_since is not None and self.status == "active"
+        return self.throttled_since is not None and self.status == MigrationStatus.ACTIVE
 
     @property
     def throttled_seconds_total(self) -> float:
@@ -163,13 +126,13 @@ class MigrationSummary:
         return Progress(
             rows_affected=self.rows_affected,
             keys_done=self.keys_done,
-            total_rows=self.total_rows,
+            total_keys=self.total_keys,
             jobs_succeeded=self.jobs_succeeded,
             jobs_open=self.jobs_open,
             active_seconds=self.active_seconds,
             throttled_seconds=self.throttled_seconds_total,
             cursor_key=self.cursor_key,
-            status=self.status,
+            status=MigrationStatus(self.status),
         )
 
     @property
@@ -183,9 +146,9 @@ class MigrationSummary:
 
         ``None`` when it cannot be told: nothing done yet, or the migration is paused or failed.
         """
-        if self.status == "finished":
+        if self.status == MigrationStatus.FINISHED:
             return 0.0
-        return self.progress.eta_seconds if self.status == "active" else None
+        return self.progress.eta_seconds if self.status == MigrationStatus.ACTIVE else None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the migration as JSON-ready values (timestamps in ISO 8601)."""
@@ -196,7 +159,7 @@ class MigrationSummary:
                 "column": self.column_name,
                 "status": self.status,
                 "throttling": self.throttling,
-                "total_keys": self.total_rows,
+                "total_keys": self.total_keys,
                 "keys_done": self.keys_done,
                 "rows_affected": self.rows_affected,
                 "percentage": round(self.percentage, 2),
@@ -212,7 +175,8 @@ class MigrationSummary:
                 "created_at": self.created_at,
                 "updated_at": self.updated_at,
                 "finished_at": self.finished_at,
-                "recent_jobs": [vars(job) for job in self.recent_jobs],
+                # planned_rows: the name of planned_keys before 0.2, for one release
+                "recent_jobs": [{**vars(job), "planned_rows": job.planned_keys} for job in self.recent_jobs],
                 "history": [vars(point) for point in self.history],
             }
         )
@@ -237,22 +201,22 @@ def read_migrations(
     :param history: how many of each migration's last finished jobs to chart.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(_STATE_TABLES_EXIST)
+        cursor.execute(queries.STATE_TABLES_EXIST)
         row = cursor.fetchone()
         if not row or not next(iter(row.values())):
             return []
-        cursor.execute(_MIGRATIONS, {"name": name, "dag_id": dag_id, "run_id": run_id})
+        cursor.execute(queries.MIGRATION_SUMMARIES, {"name": name, "dag_id": dag_id, "run_id": run_id})
         migrations = cursor.fetchall()
         names = [migration["name"] for migration in migrations]
         jobs: dict[str, list[JobSummary]] = {}
         points: dict[str, list[HistoryPoint]] = {}
         if names:
-            cursor.execute(_RECENT_JOBS, {"names": names, "limit": recent_jobs})
+            cursor.execute(queries.RECENT_JOBS, {"names": names, "limit": recent_jobs})
             for job in cursor.fetchall():
                 jobs.setdefault(job["migration_name"], []).append(
                     JobSummary(**{field: job[field] for field in JobSummary.__dataclass_fields__})
                 )
-            cursor.execute(_HISTORY, {"names": names, "limit": history})
+            cursor.execute(queries.JOB_HISTORY, {"names": names, "limit": history})
             for point in cursor.fetchall():
                 points.setdefault(point["migration_name"], []).append(
                     HistoryPoint(**{field: point[field] for field in HistoryPoint.__dataclass_fields__})
@@ -279,12 +243,12 @@ def set_migration_paused(conn: psycopg.Connection[Any], name: str, paused: bool)
     :raises MigrationNotFoundError: no migration has that name.
     :raises MigrationStatusError: it is finished or failed.
     """
-    new, old = ("paused", PAUSABLE) if paused else ("active", RESUMABLE)
+    new, old = (MigrationStatus.PAUSED, PAUSABLE) if paused else (MigrationStatus.ACTIVE, RESUMABLE)
     with conn.transaction(), conn.cursor() as cursor:
         cursor.execute(queries.SET_STATUS, [new, name, old])
         if cursor.fetchone() is not None:
-            return new
-        cursor.execute(sql.SQL("SELECT status FROM {} WHERE name = %s").format(queries.MIGRATIONS), [name])
+            return new.value
+        cursor.execute(queries.MIGRATION_STATUS, [name])
         row = cursor.fetchone()
     if row is None:
         raise MigrationNotFoundError(f"no batched migration named {name!r} in this database")

@@ -84,7 +84,7 @@ def check_scope(scope: str) -> None:
 
     The check reads the scope with a tokenizer, not with PostgreSQL's parser; the runner checks
     every range it plans as well (see
-    :class:`~airflow_provider_walthrottle.migrations.store.RangeEscapedError`).
+    :class:`~airflow_provider_walthrottle.migrations.state.RangeEscapedError`).
 
     :param scope: the DAG author's SQL condition.
     :raises MigrationDefinitionError: naming ``scope`` and the fix, for a parenthesis closed that the
@@ -331,3 +331,41 @@ def validate_run_parameters(
     if statement_timeout_ms is not None:
         whole_number("statement_timeout_ms", statement_timeout_ms, minimum=0, unit="milliseconds")
     positive_seconds("wait_interval", wait_interval)
+
+
+#: What the task of a paused migration does: wait until it is resumed, or skip.
+ON_PAUSED = ("wait", "skip")
+
+
+def validate_operator_arguments(
+    *,
+    migration_name: object,
+    table: object,
+    column: object,
+    batch_size: object,
+    sub_batch_size: object,
+    on_paused: object,
+    **run_parameters: object,
+) -> tuple[int, int]:
+    """Check the operator's arguments that are known before templates render; return the batch sizes.
+
+    A bad value then fails when the DAG is parsed, not in its first task. The rest of the
+    definition is checked when it runs (:class:`MigrationDefinition`), once templates are rendered.
+
+    :param migration_name: the migration's name: no NUL byte.
+    :param table: its table: no NUL byte.
+    :param column: its key column: no NUL byte.
+    :param batch_size: as :func:`validate_batch_sizes`.
+    :param sub_batch_size: as :func:`validate_batch_sizes`.
+    :param on_paused: one of :data:`ON_PAUSED`.
+    :param run_parameters: the keyword arguments of :func:`validate_run_parameters`.
+    :raises MigrationDefinitionError: naming the first argument out of bounds.
+    :raises ValueError: for an ``on_paused`` that is not in :data:`ON_PAUSED`.
+    """
+    sizes = validate_batch_sizes(batch_size, sub_batch_size)
+    validate_run_parameters(**run_parameters)
+    for label, value in (("migration_name", migration_name), ("table", table), ("column", column)):
+        refuse_nul_bytes(label, value)
+    if on_paused not in ON_PAUSED:
+        raise ValueError(f"on_paused must be 'wait' or 'skip', got {on_paused!r}")
+    return sizes

@@ -30,12 +30,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
+
+from airflow_provider_walthrottle.migrations.headroom import (
+    backlog_bound,
+    backlog_for_min_batch,
+    check_wal_counts,
+    segments_for_rows,
+    wal_row_bound,
+)
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "LIMITS",
+    "BatchObservation",
+    "BatchSizeDecision",
+    "BatchSizePolicy",
+    "ThroughputEstimate",
+    "backlog_bound",
+    "backlog_for_min_batch",
+    "next_batch_size",
+    "segments_for_rows",
+    "wal_row_bound",
+]
 
 #: Weight of the newest observation in the moving averages.
 DEFAULT_ALPHA = 0.3
 
-#: The values of :attr:`BatchSizeDecision.limited_by`.
+#: The values of :attr:`BatchSizeDecision.limited_by`; a decision refuses any other.
 LIMITS = ("time", "wal", "growth", "min", "max", "initial")
 
 
@@ -167,7 +188,8 @@ class BatchSizeDecision:
         allows (below ``min_batch_size``, possibly 0) and the caller should wait, not run.
     :param by_time: what the time target alone asked for; ``None`` before any rate is known.
     :param by_wal: what the WAL headroom allowed; ``None`` when the WAL does not bound the batch.
-    :param limited_by: ``"time"``, ``"wal"``, ``"growth"``, ``"min"``, ``"max"`` or ``"initial"``.
+    :param limited_by: ``"time"``, ``"wal"``, ``"growth"``, ``"min"``, ``"max"`` or ``"initial"``
+        (:data:`LIMITS`).
     :param must_wait: true when the WAL headroom allows fewer than ``min_batch_size`` rows.
     :param current_size: the size the decision started from.
     :param headroom_segments: ``max_pending_segments - pending_segments``; ``None`` if unknown.
@@ -184,6 +206,12 @@ class BatchSizeDecision:
     headroom_segments: int | None = None
     estimate: ThroughputEstimate | None = None
     policy: BatchSizePolicy | None = None
+
+    def __post_init__(self) -> None:
+        if self.limited_by not in LIMITS:
+            raise ValueError(
+                f"limited_by must be one of {', '.join(LIMITS)}, got {self.limited_by!r} instead"
+            )
 
     def describe(self) -> str:
         """Return one line for a task log: the size, what limited it, and the numbers behind it.
@@ -239,70 +267,6 @@ class BatchSizeDecision:
         return f"no throughput estimate yet, starting from {self.current_size}"
 
 
-def wal_row_bound(
-    headroom_segments: int, wal_segment_size: int, wal_bytes_per_row: float | None
-) -> int | None:
-    """Return the most rows whose projected WAL fits the headroom, or ``None`` if unbounded.
-
-    The division is exact (through :class:`~fractions.Fraction`), so ``rows * wal_bytes_per_row``
-    never exceeds ``headroom_segments * wal_segment_size`` by a rounding error.
-
-    >>> wal_row_bound(12, 16 * 1024 * 1024, 1000.0)
-    201326
-
-    :param headroom_segments: segments that may still pile up before the threshold.
-    :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
-    :param wal_bytes_per_row: WAL bytes per row; ``None`` (not measured yet) or 0 means no bound,
-        unless the headroom is already gone.
-    """
-    headroom_bytes = headroom_segments * wal_segment_size
-    if headroom_bytes <= 0:
-        return 0
-    if wal_bytes_per_row is None or wal_bytes_per_row <= 0:
-        return None
-    return math.floor(Fraction(headroom_bytes) / Fraction(wal_bytes_per_row))
-
-
-def segments_for_rows(rows: int, wal_segment_size: int, wal_bytes_per_row: float | None) -> int | None:
-    """Return the WAL segments ``rows`` rows are expected to fill, rounded up; ``None`` if unknown.
-
-    The inverse of :func:`wal_row_bound`: a batch of ``rows`` fits a headroom of this many segments.
-
-    >>> segments_for_rows(201326, 16 * 1024 * 1024, 1000.0)
-    12
-
-    :param rows: the rows of a batch.
-    :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
-    :param wal_bytes_per_row: WAL bytes per row; ``None`` (not measured yet) or 0 gives ``None``.
-    """
-    if wal_bytes_per_row is None or wal_bytes_per_row <= 0 or wal_segment_size <= 0:
-        return None
-    return math.ceil(Fraction(rows) * Fraction(wal_bytes_per_row) / wal_segment_size)
-
-
-def backlog_bound(pending_segments: int, wal_bytes_since: int, wal_segment_size: int) -> int:
-    """Return the most WAL segments that can be pending now, given an earlier count and the WAL since.
-
-    Only a completed segment adds a ``.ready`` file, and only the archiver removes one. WAL of
-    ``wal_bytes_since`` bytes, measured as a difference of WAL positions, completes at most the
-    segment that was being written at the count and then one segment per ``wal_segment_size``
-    bytes. So while this bound is at or below the threshold, a new count could not stop the
-    migration, and the runner may skip it.
-
-    >>> backlog_bound(10, 0, 16 * 1024 * 1024)
-    11
-    >>> backlog_bound(10, 40 * 1024 * 1024, 16 * 1024 * 1024)
-    13
-
-    :param pending_segments: the pending segments counted earlier.
-    :param wal_bytes_since: WAL written since that count, as far as the caller measured it.
-    :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
-    :raises ValueError: if a count, the bytes or the segment size is impossible.
-    """
-    _check_wal_counts(wal_segment_size, pending_segments=pending_segments, wal_bytes_since=wal_bytes_since)
-    return pending_segments + wal_bytes_since // wal_segment_size + 1
-
-
 def next_batch_size(
     current_size: int,
     estimate: ThroughputEstimate,
@@ -348,7 +312,7 @@ def next_batch_size(
     headroom_segments: int | None = None
     by_wal: int | None = None
     if pending_segments is not None:
-        _check_wal_counts(
+        check_wal_counts(
             wal_segment_size, pending_segments=pending_segments, max_pending_segments=max_pending_segments
         )
         headroom_segments = max_pending_segments - pending_segments
@@ -367,14 +331,3 @@ def next_batch_size(
         estimate=estimate,
         policy=policy,
     )
-
-
-def _check_wal_counts(wal_segment_size: int, **counts: int) -> None:
-    """Refuse negative counts and a segment size that is not positive, naming them."""
-    if any(value < 0 for value in counts.values()):
-        raise ValueError(
-            f"{' and '.join(counts)} must be 0 or more,"
-            f" got {' and '.join(repr(value) for value in counts.values())} instead"
-        )
-    if wal_segment_size <= 0:
-        raise ValueError(f"wal_segment_size must be positive, got {wal_segment_size!r} instead")

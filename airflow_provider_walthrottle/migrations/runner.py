@@ -1,8 +1,10 @@
 """Run one batch of a migration: claim a job, walk it in sub-batches, check health in between.
 
 Plain Python over a psycopg connection in autocommit mode; the caller says how to judge the WAL
-backlog. The operator is the Airflow face of :func:`run_one_batch`; tests and benchmarks call it
-directly, from as many processes as they like.
+backlog. :func:`run_one_batch` is the batch itself, without the throttle accounting around it;
+:func:`~airflow_provider_walthrottle.migrations.batch.run_batch` adds that and says what to do
+next, and is what the operator and the benchmarks call. Tests call either, from as many processes
+as they like.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from airflow_provider_walthrottle.migrations.definition import (
     MigrationDefinitionError,
     whole_number,
 )
+from airflow_provider_walthrottle.migrations.jobs import SPLITTABLE_ERRORS
 from airflow_provider_walthrottle.migrations.optimizer import (
     BatchObservation,
     BatchSizeDecision,
@@ -27,22 +30,23 @@ from airflow_provider_walthrottle.migrations.optimizer import (
     backlog_bound,
     next_batch_size,
 )
-from airflow_provider_walthrottle.migrations.store import (
-    SPLITTABLE_ERRORS,
+from airflow_provider_walthrottle.migrations.state import (
     Job,
+    JobStatus,
     MigrationStateError,
-    MigrationStore,
+    MigrationStatus,
     Progress,
     RangeEscapedError,
     SubBatchResult,
     attempts_used_up,
 )
+from airflow_provider_walthrottle.migrations.store import MigrationStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from airflow_provider_walthrottle.health import HealthSignal
     from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
+    from airflow_provider_walthrottle.wal.health import HealthSignal
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,30 @@ class HealthVerdict:
 
     proceed: bool
     health: HealthSignal | None = None
+
+    def recheck_due(self, wal_bytes_since: int, seconds_since: float, *, recheck_seconds: float) -> bool:
+        """Whether to check the backlog again before the next sub-batch, rather than trust this count.
+
+        This count is trusted only when it was a number under which the migration went on, it is
+        younger than ``recheck_seconds``, and the WAL written since cannot have completed enough
+        segments to pass the threshold it was compared with (see
+        :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`). That WAL is what
+        the server wrote during this migration's statements (other sessions' included); what others
+        write between two sub-batches is not seen, which the re-check every ``recheck_seconds``
+        bounds.
+
+        :param wal_bytes_since: WAL bytes the migration's statements saw written since this count.
+        :param seconds_since: seconds since this count.
+        :param recheck_seconds: the longest a count is trusted; 0 trusts none.
+        """
+        health = self.health
+        if not self.proceed or health is None or seconds_since >= recheck_seconds:
+            return True
+        status = health.status
+        if status.pending_segments is None or status.wal_segment_size <= 0:
+            return True
+        bound = backlog_bound(status.pending_segments, wal_bytes_since, status.wal_segment_size)
+        return bound > health.max_pending_segments
 
 
 class Outcome(str, enum.Enum):
@@ -88,7 +116,8 @@ class RunSettings:
     :param recheck_seconds: between sub-batches, the backlog check is skipped while the last count
         plus the WAL written since cannot exceed the threshold (see
         :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), but for no longer
-        than this; 0 checks between every two sub-batches. The check before a batch always runs.
+        than this (see :meth:`HealthVerdict.recheck_due`); 0 checks between every two sub-batches.
+        The check before a batch always runs.
     """
 
     sub_batch_size: int = 100
@@ -160,8 +189,8 @@ def prepare(
     :raises MigrationDefinitionError: for a bad table, column, ``batch_sql`` or a reused name.
     """
     store = MigrationStore(conn, definition)
-    store.ensure_state_tables()
-    store.register(batch_size)
+    store.registry.ensure_state_tables()
+    store.registry.register(batch_size)
     return store
 
 
@@ -191,17 +220,17 @@ def run_one_batch(
         first (or, with the connection gone, left to be taken over where it stopped).
     :raises MigrationStateError: when the migration failed, earlier or now: a range query found keys
         outside its bounds
-        (:class:`~airflow_provider_walthrottle.migrations.store.RangeEscapedError`), before anything
+        (:class:`~airflow_provider_walthrottle.migrations.state.RangeEscapedError`), before anything
         of it was applied.
     :raises MigrationDefinitionError: when the table or its column is gone; the job is paused.
     """
-    migration = store.load()
-    if migration.status != "active":
-        return _settled(store, migration.status)
+    migration = store.registry.load()
+    if migration.status is not MigrationStatus.ACTIVE:
+        return _result_for_status(store, migration.status)
     verdict = check_health()
     checked_at = time.monotonic()
     if not verdict.proceed:
-        return BatchResult(Outcome.THROTTLED, store.progress(), health=verdict.health)
+        return BatchResult(Outcome.THROTTLED, store.accounts.progress(), health=verdict.health)
 
     estimate = ThroughputEstimate(migration.rows_per_second, migration.wal_bytes_per_row)
     status = verdict.health.status if verdict.health is not None else None
@@ -215,9 +244,11 @@ def run_one_batch(
     )
     if decision.must_wait:
         log(decision.describe())
-        return BatchResult(Outcome.THROTTLED, store.progress(), decision=decision, health=verdict.health)
+        return BatchResult(
+            Outcome.THROTTLED, store.accounts.progress(), decision=decision, health=verdict.health
+        )
 
-    migration, job = store.claim_job(
+    migration, job = store.jobs.claim(
         decision.size,
         max_attempts=settings.max_attempts,
         dag_id=dag_id,
@@ -225,9 +256,9 @@ def run_one_batch(
         try_number=try_number,
     )
     if job is None:
-        if migration.status == "active":
-            return BatchResult(Outcome.NOTHING_TO_CLAIM, store.progress())
-        return _settled(store, migration.status)
+        if migration.status is MigrationStatus.ACTIVE:
+            return BatchResult(Outcome.NOTHING_TO_CLAIM, store.accounts.progress())
+        return _result_for_status(store, migration.status)
 
     rows = keys = wal_bytes = 0
     seconds = 0.0
@@ -236,7 +267,7 @@ def run_one_batch(
     def ended(outcome: Outcome, **more: Any) -> BatchResult:
         return BatchResult(
             outcome,
-            store.progress(),
+            store.accounts.progress(),
             job=job,
             rows_affected=rows,
             keys=keys,
@@ -253,15 +284,15 @@ def run_one_batch(
             raise  # the job was released as the error said
         except RangeEscapedError as error:
             # a bug in the definition, not an error to retry: the job and the migration fail
-            store.fail_job(job, str(error), migration_error=str(error))
+            store.jobs.fail_job(job, str(error), migration_error=str(error))
             raise
         except MigrationDefinitionError as error:
             # the table is gone: nothing can run until it is back, and then the job resumes
-            _release_quietly(store, job, "paused", str(error))
+            _release_quietly(store, job, JobStatus.PAUSED, str(error))
             raise
         except BaseException:
             # not the statement's fault (an interrupt, a lost connection): leave the job to a retry
-            _release_quietly(store, job, "paused")
+            _release_quietly(store, job, JobStatus.PAUSED)
             raise
         rows += result.rows_affected
         keys += result.keys
@@ -279,21 +310,24 @@ def run_one_batch(
         try:
             if settings.pause_ms:
                 sleep(settings.pause_ms / 1000)
-            if _check_is_due(verdict, wal_since_check, time.monotonic() - checked_at, settings):
+            seconds_since_check = time.monotonic() - checked_at
+            if verdict.recheck_due(
+                wal_since_check, seconds_since_check, recheck_seconds=settings.recheck_seconds
+            ):
                 verdict = check_health()
                 checked_at = time.monotonic()
                 wal_since_check = 0  # bytes, since the last count
         except BaseException:
             # the check failed, not the job: it resumes where it stopped, with no attempt used
-            _release_quietly(store, job, "paused")
+            _release_quietly(store, job, JobStatus.PAUSED)
             raise
         if not verdict.proceed:
-            store.release(job, status="paused")
+            store.jobs.release(job, status=JobStatus.PAUSED)
             return ended(Outcome.THROTTLED)
-    store.release(job)
+    store.jobs.release(job)
     if keys:
         estimate = estimate.observe(BatchObservation(rows=keys, seconds=seconds, wal_bytes=wal_bytes))
-    store.record_batch(
+    store.accounts.record_throughput(
         batch_size=max(decision.size, 1),
         rows_per_second=estimate.rows_per_second,
         wal_bytes_per_row=estimate.wal_bytes_per_row,
@@ -301,39 +335,22 @@ def run_one_batch(
     return ended(Outcome.COMPLETED, decision=decision, rows_per_second=estimate.rows_per_second)
 
 
-def _check_is_due(
-    verdict: HealthVerdict, wal_bytes_since: int, seconds_since: float, settings: RunSettings
-) -> bool:
-    """Whether to check the backlog before the next sub-batch, rather than trust the last count.
+def _result_for_status(store: MigrationStore, status: MigrationStatus) -> BatchResult:
+    """Return the result of a call that found the migration not active: paused or finished.
 
-    The last count is trusted only when it was a number under which the migration went on, it is
-    younger than ``settings.recheck_seconds``, and the WAL written since cannot have completed
-    enough segments to pass the threshold it was compared with. That WAL is what the server wrote
-    during this migration's statements (other sessions' included); what others write between two
-    sub-batches is not seen, which the re-check every ``recheck_seconds`` bounds.
+    :raises MigrationStateError: if it failed, with its reason.
     """
-    health = verdict.health
-    if not verdict.proceed or health is None or seconds_since >= settings.recheck_seconds:
-        return True
-    status = health.status
-    if status.pending_segments is None or status.wal_segment_size <= 0:
-        return True
-    bound = backlog_bound(status.pending_segments, wal_bytes_since, status.wal_segment_size)
-    return bound > health.max_pending_segments
-
-
-def _settled(store: MigrationStore, status: str) -> BatchResult:
-    if status == "failed":
-        error = store.load().last_error or "no reason was recorded"
+    if status is MigrationStatus.FAILED:
+        error = store.registry.load().last_error or "no reason was recorded"
         raise MigrationStateError(f"migration {store.definition.name!r} failed: {error}")
-    outcome = {"paused": Outcome.PAUSED, "finished": Outcome.FINISHED}[status]
-    return BatchResult(outcome, store.progress())
+    outcome = {MigrationStatus.PAUSED: Outcome.PAUSED, MigrationStatus.FINISHED: Outcome.FINISHED}[status]
+    return BatchResult(outcome, store.accounts.progress())
 
 
 def _sub_batch(store: MigrationStore, job: Job, settings: RunSettings) -> SubBatchResult:
     """Run the job's next sub-batch; turn an error of its SQL into a :class:`JobFailedError`."""
     try:
-        return store.run_sub_batch(job, settings.sub_batch_size, settings.statement_timeout_ms)
+        return store.executor.run(job, settings.sub_batch_size, settings.statement_timeout_ms)
     except psycopg.Error as error:
         raise _job_failed(store, job, error, settings) from error
 
@@ -347,7 +364,7 @@ def _job_failed(
     ``running`` under no lock, and the next claim takes it over where it stopped, on this attempt.
     """
     reason = " ".join(str(error).split())
-    job_name = f"job {job.id} (keys {job.start_key}..{job.end_key})"
+    job_name = job.describe()
     where = f"migration {store.definition.name!r}, {job_name}, attempt {job.attempts}/{settings.max_attempts}"
     if _lost_connection(store, error):
         return JobFailedError(
@@ -355,12 +372,12 @@ def _job_failed(
             final=False,
         )
     splittable = isinstance(error, SPLITTABLE_ERRORS) and job.attempts >= settings.split_after_attempts
-    if splittable and store.split(job, reason):
+    if splittable and store.jobs.split(job, reason):
         return JobFailedError(f"{where}: {reason}; its range was split in two for the retry", final=False)
     if job.attempts >= settings.max_attempts:
-        store.fail_job(job, reason, migration_error=attempts_used_up(job_name, job.attempts, reason))
+        store.jobs.fail_job(job, reason, migration_error=attempts_used_up(job_name, job.attempts, reason))
         return JobFailedError(f"{where}: {reason}; the migration fails", final=True)
-    store.fail_job(job, reason)
+    store.jobs.fail_job(job, reason)
     return JobFailedError(f"{where}: {reason}; it will be retried", final=False)
 
 
@@ -374,9 +391,9 @@ def _lost_connection(store: MigrationStore, error: psycopg.Error) -> bool:
     return store.conn.closed or store.conn.broken or (error.sqlstate or "").startswith(_SESSION_LOST)
 
 
-def _release_quietly(store: MigrationStore, job: Job, status: str, error: str | None = None) -> None:
+def _release_quietly(store: MigrationStore, job: Job, status: JobStatus, error: str | None = None) -> None:
     """Release a job on the way out of an exception, if the connection still works."""
     if store.conn.closed or store.conn.broken:
         return
     with contextlib.suppress(psycopg.Error):  # the connection's end releases the lock anyway
-        store.release(job, status=status, error=error)
+        store.jobs.release(job, status=status, error=error)

@@ -12,14 +12,14 @@ from airflow_provider_walthrottle.migrations.runner import (
     RunSettings,
     prepare,
 )
-from airflow_provider_walthrottle.migrations.store import MigrationStateError
+from airflow_provider_walthrottle.migrations.state import MigrationStateError
 from tests.migrations.conftest import counter_histogram, increment_migration, make_table
 from tests.migrations.test_runner import (
     always_healthy,
     in_scope_keys,
     job_rows,
     migration_row,
-    run_batch,
+    run_bounded_batch,
     run_until_finished,
     sub_batch_budget,
 )
@@ -48,7 +48,7 @@ def test_a_sub_batch_that_does_not_move_past_its_resume_key_fails_before_applyin
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=100)
         with pytest.raises(MigrationStateError) as raised:
-            run_batch(store, settings, always_healthy, log=sub_batch_budget(limit=50))
+            run_bounded_batch(store, settings, always_healthy, log=sub_batch_budget(limit=50))
         message = str(raised.value)
         assert "\n" not in message
         assert message.startswith("migration 'escaped': job 1 (keys ")
@@ -56,7 +56,7 @@ def test_a_sub_batch_that_does_not_move_past_its_resume_key_fails_before_applyin
         assert "nothing of that range was run" in message and "under a new migration_name" in message
         # the failure is the migration's: every later task stops at once, with the reason
         with pytest.raises(MigrationStateError, match="does not stay inside AND"):
-            run_batch(store, settings, always_healthy)
+            run_bounded_batch(store, settings, always_healthy)
 
     histogram = counter_histogram(migration_db, "escaped")
     assert max(counter for _, counter in histogram) == 1, histogram
@@ -84,9 +84,9 @@ def test_a_new_job_planned_outside_the_migrations_bounds_fails_it_before_it_is_c
     )
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=20)
-        assert run_batch(store, settings, always_healthy).outcome is Outcome.COMPLETED
+        assert run_bounded_batch(store, settings, always_healthy).outcome is Outcome.COMPLETED
         with pytest.raises(MigrationStateError) as raised:
-            run_batch(store, settings, always_healthy)
+            run_bounded_batch(store, settings, always_healthy)
     message = str(raised.value)
     assert message.startswith(
         "migration 'escaped_plan' failed: migration 'escaped_plan': planning a new job found "
@@ -111,7 +111,7 @@ def test_a_table_renamed_mid_job_stops_it_with_one_line_and_it_resumes_once_rest
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=100)
         with pytest.raises(MigrationDefinitionError) as raised:
-            run_batch(store, settings, rename_after_two_sub_batches)
+            run_bounded_batch(store, settings, rename_after_two_sub_batches)
         message = str(raised.value)
         assert message == (
             "migration 'renamed' cannot read table public.renamed: "
@@ -136,7 +136,7 @@ def test_a_table_renamed_mid_job_stops_it_with_one_line_and_it_resumes_once_rest
 
         migration_db.execute("ALTER TABLE renamed_elsewhere RENAME TO renamed")
         store = prepare(conn, definition, batch_size=100)
-        first = run_batch(store, settings, always_healthy)
+        first = run_bounded_batch(store, settings, always_healthy)
         assert first.job is not None and (first.job.id, first.job.attempts) == (job["id"], 1)
         run_until_finished(store, settings)
     histogram = counter_histogram(migration_db, "renamed")

@@ -19,7 +19,7 @@ from airflow_provider_walthrottle.migrations.runner import (
     RunSettings,
     prepare,
 )
-from airflow_provider_walthrottle.migrations.store import MigrationStateError
+from airflow_provider_walthrottle.migrations.state import MigrationStateError
 from tests.migrations.conftest import SCOPE, counter_histogram, make_table, poisoned_migration
 from tests.migrations.test_runner import (
     always_healthy,
@@ -28,7 +28,7 @@ from tests.migrations.test_runner import (
     job_rows,
     lock_is_free,
     migration_row,
-    run_batch,
+    run_bounded_batch,
     run_until_finished,
     start_worker,
 )
@@ -148,7 +148,7 @@ def test_killed_workers_and_server_restarts_use_no_attempt_and_the_migration_fin
         with cluster.connect() as conn:
             store = prepare(conn, definition, batch_size=200)
             with pytest.raises(JobFailedError) as raised:
-                run_batch(store, settings, check_health)
+                run_bounded_batch(store, settings, check_health)
         restarter.join(timeout=120)
         assert not restarter.is_alive()
         failures.append(raised.value)
@@ -163,7 +163,7 @@ def test_killed_workers_and_server_restarts_use_no_attempt_and_the_migration_fin
     cluster.execute("UPDATE lost_control SET slow = false")
     with cluster.connect() as conn:
         store = prepare(conn, definition, batch_size=200)
-        first = run_batch(store, settings, always_healthy)
+        first = run_bounded_batch(store, settings, always_healthy)
         assert first.job is not None and (first.job.id, first.job.attempts) == (job_id, 1)
         run_until_finished(store, settings)
 
@@ -213,21 +213,23 @@ def test_a_failed_migration_records_why_and_leaves_no_job_running(migration_db):
         store = prepare(failing, definition, batch_size=50)
         for attempt in (1, 2):
             with pytest.raises(JobFailedError, match=f"attempt {attempt}/3"):
-                run_batch(store, settings, always_healthy)
+                run_bounded_batch(store, settings, always_healthy)
         # meanwhile (passing over job 1, which has only its last attempt left) another worker holds
         # a job and is between two sub-batches ...
         live_store = prepare(live, definition, batch_size=50)
-        _, held = live_store.claim_job(50, max_attempts=2, dag_id="live")
+        _, held = live_store.jobs.claim(50, max_attempts=2, dag_id="live")
         assert held is not None and held.id == 2
-        assert live_store.run_sub_batch(held, 25, None).keys == 25
+        assert live_store.executor.run(held, 25, None).keys == 25
         # ... and a third job's worker died with it running
         with migration_db.connect() as dying:
-            _, orphan = prepare(dying, definition, batch_size=50).claim_job(50, max_attempts=2, dag_id="dead")
+            _, orphan = prepare(dying, definition, batch_size=50).jobs.claim(
+                50, max_attempts=2, dag_id="dead"
+            )
         assert orphan is not None and orphan.id == 3
         wait_until(lambda: lock_is_free(migration_db, orphan.id), what="the dead session's lock to go")
 
         with pytest.raises(JobFailedError, match="attempt 3/3") as raised:
-            run_batch(store, settings, always_healthy)
+            run_bounded_batch(store, settings, always_healthy)
         assert raised.value.final
 
         jobs = {job["id"]: job for job in job_rows(migration_db, "why_failed")}
@@ -249,13 +251,13 @@ def test_a_failed_migration_records_why_and_leaves_no_job_running(migration_db):
         with pytest.raises(
             MigrationStateError, match=r"migration 'why_failed' failed: job 1 .*division by zero"
         ):
-            live_store.run_sub_batch(held, 25, None)
-        live_store.release(held)
+            live_store.executor.run(held, 25, None)
+        live_store.jobs.release(held)
         # every later task says why too
         with pytest.raises(
             MigrationStateError, match=r"failed: job 1 .*failed 3 times, the last with: division"
         ):
-            run_batch(prepare(peer, definition, batch_size=50), settings, always_healthy)
+            run_bounded_batch(prepare(peer, definition, batch_size=50), settings, always_healthy)
     counters = dict(migration_db.execute("SELECT id, counter FROM why_failed"))
     assert max(counters.values()) <= 1
 
@@ -272,7 +274,7 @@ def test_the_job_of_a_lost_connection_is_taken_over_on_the_same_attempt(migratio
             # the third check, after two sub-batches, ends the session: the third sub-batch finds it gone
             checks = iter([always_healthy, always_healthy, functools.partial(terminate, migration_db, conn)])
             with pytest.raises(JobFailedError, match="lost the connection") as raised:
-                run_batch(store, settings, functools.partial(next_check, checks))
+                run_bounded_batch(store, settings, functools.partial(next_check, checks))
             assert not raised.value.final
         (job,) = job_rows(migration_db, "lost_conn")
         wait_until(

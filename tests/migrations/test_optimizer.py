@@ -462,3 +462,8 @@ def test_backlog_bound(pending, wal_bytes, segment, bound):
 def test_backlog_bound_rejects_impossible_inputs(args, message):
     with pytest.raises(ValueError, match=message):
         backlog_bound(*args)
+
+
+def test_a_decision_refuses_a_limit_it_cannot_explain():
+    with pytest.raises(ValueError, match="limited_by must be one of time, wal, growth, min, max, initial"):
+        BatchSizeDecision(size=100, by_time=None, by_wal=None, limited_by="headroom", must_wait=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -21,13 +20,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from airflow_provider_walthrottle.health import (
-    OnUnavailable,
-    Signal,
-    evaluate_wal_archival,
-    may_proceed,
-)
-from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_status
 from airflow_provider_walthrottle.migrations.definition import (
     MigrationDefinition,
     MigrationDefinitionError,
@@ -41,11 +33,17 @@ from airflow_provider_walthrottle.migrations.runner import (
     JobFailedError,
     Outcome,
     RunSettings,
-    _check_is_due,
     prepare,
     run_one_batch,
 )
-from airflow_provider_walthrottle.migrations.store import MigrationStateError
+from airflow_provider_walthrottle.migrations.state import MigrationStateError
+from airflow_provider_walthrottle.wal.health import (
+    OnUnavailable,
+    Signal,
+    evaluate_wal_archival,
+    may_proceed,
+)
+from airflow_provider_walthrottle.wal.queries import read_archiver_status
 from tests.migrations.conftest import (
     SCOPE,
     counter_histogram,
@@ -58,7 +56,7 @@ from tests.postgres_cluster import wait_until
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from airflow_provider_walthrottle.health import HealthSignal
+    from airflow_provider_walthrottle.wal.health import HealthSignal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,7 +80,7 @@ def test_exactly_once_over_100k_rows_with_gaps_and_a_scope(migration_db):
     histogram = counter_histogram(migration_db, "exactly_once")
     assert set(histogram) == {(True, 1), (False, 0)}, histogram
     assert result.progress.status == "finished"
-    assert result.progress.keys_done == result.progress.total_rows == histogram[(True, 1)]
+    assert result.progress.keys_done == result.progress.total_keys == histogram[(True, 1)]
 
 
 def test_a_migration_whose_rows_were_deleted_under_it_reads_100_percent_once_finished(migration_db):
@@ -98,7 +96,7 @@ def test_a_migration_whose_rows_were_deleted_under_it_reads_100_percent_once_fin
         while (result := run_one_batch(store, settings, always_healthy)).outcome is Outcome.COMPLETED:
             pass
     assert result.outcome is Outcome.FINISHED
-    assert result.progress.keys_done < result.progress.total_rows
+    assert result.progress.keys_done < result.progress.total_keys
     assert result.progress.percentage == 100.0
 
 
@@ -250,7 +248,9 @@ def sub_batch_budget(lines: list[str] | None = None, limit: int = 2000) -> Calla
     return log
 
 
-def run_batch(store, settings: RunSettings, check_health=always_healthy, **kwargs: Any) -> BatchResult:
+def run_bounded_batch(
+    store, settings: RunSettings, check_health=always_healthy, **kwargs: Any
+) -> BatchResult:
     """Call :func:`run_one_batch`, failing instead of hanging if its job never ends."""
     kwargs.setdefault("log", sub_batch_budget())
     return run_one_batch(store, settings, check_health, **kwargs)
@@ -260,7 +260,7 @@ def run_until_finished(store, settings: RunSettings, check_health=always_healthy
     """Run batches until the migration is finished; return the results."""
     results = []
     for _ in range(limit):
-        results.append(run_batch(store, settings, check_health))
+        results.append(run_bounded_batch(store, settings, check_health))
         if results[-1].outcome is Outcome.FINISHED:
             return results
         assert results[-1].outcome is Outcome.COMPLETED, results[-1]
@@ -441,7 +441,9 @@ def test_a_job_whose_worker_was_killed_is_taken_over_at_once_and_resumes(migrati
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=200)
         settings = RunSettings(sub_batch_size=20, pause_ms=0, policy=policy)
-        first = run_batch(store, settings, always_healthy, dag_id="rescuer", log=sub_batch_budget(lines))
+        first = run_bounded_batch(
+            store, settings, always_healthy, dag_id="rescuer", log=sub_batch_budget(lines)
+        )
         assert first.outcome is Outcome.COMPLETED
         assert first.job is not None
         # the orphan first, from where it stopped, on the same attempt: a lost worker uses none
@@ -497,7 +499,7 @@ def test_the_migrations_own_wal_throttles_it_between_sub_batches_and_it_resumes(
         health = ArchiveHealth(checks, max_pending_segments=2)
         store = prepare(conn, definition, batch_size=30000)
 
-        throttled = run_batch(store, settings, health)
+        throttled = run_bounded_batch(store, settings, health)
 
         assert health.seen[0].signal is Signal.NORMAL  # it started below the threshold
         assert throttled.outcome is Outcome.THROTTLED
@@ -521,14 +523,14 @@ def test_the_migrations_own_wal_throttles_it_between_sub_batches_and_it_resumes(
         assert migration_row(cluster, "wide_backfill")["status"] == "active"
 
         # still above the threshold: the next task stops before claiming anything
-        waiting = run_batch(store, settings, health)
+        waiting = run_bounded_batch(store, settings, health)
         assert (waiting.outcome, waiting.job, waiting.keys) == (Outcome.THROTTLED, None, 0)
         assert job_rows(cluster, "wide_backfill") == [job]
 
         cluster.drain()
         results = []
         for _ in range(20):
-            results.append(run_batch(store, settings, health))
+            results.append(run_bounded_batch(store, settings, health))
             if results[-1].outcome is Outcome.FINISHED:
                 break
             if results[-1].outcome is Outcome.THROTTLED:  # the archiver fell behind; let it catch up
@@ -572,7 +574,7 @@ def test_checks_between_sub_batches_are_skipped_while_the_backlog_cannot_pass_th
     with migration_db.connect() as checks_conn, migration_db.connect() as conn:
         health = ArchiveHealth(checks_conn, max_pending_segments=threshold)
         store = prepare(conn, definition, batch_size=1000)
-        result = run_batch(store, settings, health)
+        result = run_bounded_batch(store, settings, health)
     assert result.outcome is Outcome.COMPLETED and result.keys == in_scope
     expected = 1 if checks == "once" else sub_batches  # the first before the batch, then between
     assert [signal.status.pending_segments for signal in health.seen] == [1] * expected
@@ -589,7 +591,9 @@ def test_a_check_is_due_once_the_wal_since_the_last_count_could_pass_the_thresho
         health = evaluate_wal_archival(dataclasses.replace(status, pending_segments=pending), 42)
         return HealthVerdict(proceed=proceed, health=health)
 
-    due = functools.partial(_check_is_due, settings=RunSettings(recheck_seconds=1.0))
+    def due(verdict: HealthVerdict, wal_bytes_since: int, seconds_since: float) -> bool:
+        return verdict.recheck_due(wal_bytes_since, seconds_since, recheck_seconds=1.0)
+
     assert not due(counted(0), 0, 0.5)
     assert not due(counted(41), segment - 1, 0.5)  # at most 42 now: a count could not stop it
     assert due(counted(41), segment, 0.5)  # one more segment completed could make 43
@@ -597,7 +601,7 @@ def test_a_check_is_due_once_the_wal_since_the_last_count_could_pass_the_thresho
     assert due(counted(0), 0, 1.0)  # the count is too old
     assert due(counted(None, proceed=True), 0, 0.0)  # unknown, went on anyway (on_unavailable)
     assert due(HealthVerdict(proceed=True), 0, 0.0)  # the flag was off: nothing to trust
-    assert functools.partial(_check_is_due, settings=RunSettings(recheck_seconds=0))(counted(0), 0, 0.0)
+    assert counted(0).recheck_due(0, 0.0, recheck_seconds=0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -627,7 +631,7 @@ def test_a_range_that_keeps_timing_out_is_split_until_its_halves_pass(migration_
         store = prepare(conn, definition, batch_size=100)
         for _ in range(100):
             try:
-                result = run_batch(store, settings, always_healthy)
+                result = run_bounded_batch(store, settings, always_healthy)
             except JobFailedError as error:
                 failures.append(error)
                 continue
@@ -670,7 +674,7 @@ def test_a_job_failing_three_times_fails_the_migration_without_applying_anything
         store = prepare(conn, definition, batch_size=100)
         for _ in range(20):
             try:
-                outcomes.append(run_batch(store, settings, always_healthy).outcome)
+                outcomes.append(run_bounded_batch(store, settings, always_healthy).outcome)
             except JobFailedError as error:
                 failures.append(error)
             except MigrationStateError as error:
@@ -685,9 +689,9 @@ def test_a_job_failing_three_times_fails_the_migration_without_applying_anything
 
         # the failure is final: a later task, even a new one, stops at once
         with pytest.raises(MigrationStateError, match="failed"):
-            run_batch(store, settings, always_healthy)
+            run_bounded_batch(store, settings, always_healthy)
         with pytest.raises(MigrationStateError, match="failed"):
-            run_batch(prepare(conn, definition, batch_size=100), settings, always_healthy)
+            run_bounded_batch(prepare(conn, definition, batch_size=100), settings, always_healthy)
 
     (failed,) = [job for job in job_rows(migration_db, "max_attempts") if job["status"] == "failed"]
     assert [error.final for error in failures] == [False, False, True]
@@ -1031,7 +1035,7 @@ def failing_twice(cluster, name: str) -> MigrationDefinition:
         store = prepare(conn, definition, batch_size=100)
         for attempt in (1, 2):
             with pytest.raises(JobFailedError, match=f"attempt {attempt}/3: division by zero"):
-                run_batch(store, RunSettings(sub_batch_size=10, pause_ms=0), always_healthy)
+                run_bounded_batch(store, RunSettings(sub_batch_size=10, pause_ms=0), always_healthy)
     return definition
 
 
@@ -1052,16 +1056,16 @@ def test_a_peer_does_not_fail_the_migration_while_a_last_attempt_is_still_runnin
     settings = RunSettings(sub_batch_size=10, pause_ms=0)
     with migration_db.connect() as worker, migration_db.connect() as peer:
         store = prepare(worker, definition, batch_size=100)
-        _, job = store.claim_job(100, max_attempts=3)
+        _, job = store.jobs.claim(100, max_attempts=3)
         assert job is not None and job.attempts == 3
         # the only job is held by a live worker: a peer finds nothing to do, and must not fail it
-        peer_result = run_batch(prepare(peer, definition, batch_size=100), settings, always_healthy)
+        peer_result = run_bounded_batch(prepare(peer, definition, batch_size=100), settings, always_healthy)
         assert peer_result.outcome is Outcome.NOTHING_TO_CLAIM
         for _ in range(10):
-            if store.run_sub_batch(job, 10, None).job_finished:
+            if store.executor.run(job, 10, None).job_finished:
                 break
-        store.release(job)
-        assert run_batch(store, settings, always_healthy).outcome is Outcome.FINISHED
+        store.jobs.release(job)
+        assert run_bounded_batch(store, settings, always_healthy).outcome is Outcome.FINISHED
 
 
 def test_a_job_throttled_on_its_last_attempt_resumes(migration_db):
@@ -1070,7 +1074,7 @@ def test_a_job_throttled_on_its_last_attempt_resumes(migration_db):
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=100)
         verdicts = iter([True, False])  # go before the batch, stop after its first sub-batch
-        throttled = run_batch(store, settings, lambda: HealthVerdict(proceed=next(verdicts)))
+        throttled = run_bounded_batch(store, settings, lambda: HealthVerdict(proceed=next(verdicts)))
         assert throttled.outcome is Outcome.THROTTLED
         assert throttled.job is not None and throttled.job.attempts == 3
         run_until_finished(store, settings)
@@ -1097,14 +1101,14 @@ def test_a_single_key_that_keeps_timing_out_is_recorded_as_failed(migration_db):
         store = prepare(conn, definition, batch_size=100)
         for _ in range(3):
             with pytest.raises(JobFailedError) as raised:
-                run_batch(store, settings, always_healthy)
+                run_bounded_batch(store, settings, always_healthy)
             failures.append(raised.value)
             (job,) = job_rows(migration_db, "one_key")
             assert job["status"] == "failed", f"after attempt {len(failures)}: {job}"
             assert "statement timeout" in (job["last_error"] or "")
         assert [error.final for error in failures] == [False, False, True]
         with pytest.raises(MigrationStateError):
-            run_batch(store, settings, always_healthy)
+            run_bounded_batch(store, settings, always_healthy)
     assert "statement timeout" in (migration_row(migration_db, "one_key")["last_error"] or "")
 
 
@@ -1128,13 +1132,13 @@ def test_splitting_a_range_that_gained_rows_skips_no_key(migration_db):
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=100)
         with pytest.raises(JobFailedError, match="will be retried"):
-            run_batch(store, settings, always_healthy)
+            run_bounded_batch(store, settings, always_healthy)
         # the application inserts rows into the gaps of the planned range 10..100
         migration_db.execute(
             "INSERT INTO gained (id) SELECT i FROM generate_series(11, 99) AS i WHERE i % 10 <> 0"
         )
         with pytest.raises(JobFailedError, match="split in two"):
-            run_batch(store, settings, always_healthy)
+            run_bounded_batch(store, settings, always_healthy)
         migration_db.execute("UPDATE gained_control SET slow = false")
         run_until_finished(store, settings)
     skipped = migration_db.execute("SELECT array_agg(id ORDER BY id) FROM gained WHERE counter <> 1")[0][0]
@@ -1164,7 +1168,7 @@ def test_progress_reaches_100_percent_after_a_split_of_a_half_done_job(migration
         store = prepare(conn, definition, batch_size=100)
         for _ in range(50):
             try:
-                result = run_batch(store, settings, always_healthy)
+                result = run_bounded_batch(store, settings, always_healthy)
             except JobFailedError:
                 continue
             if result.outcome is Outcome.FINISHED:
@@ -1219,11 +1223,11 @@ def test_a_peers_claim_does_not_stall_a_running_sub_batch(migration_db):
     with migration_db.connect() as worker, migration_db.connect() as peer:
         store = prepare(worker, definition, batch_size=100)
         peer_store = prepare(peer, definition, batch_size=100)
-        _, job = store.claim_job(100, max_attempts=3)
+        _, job = store.jobs.claim(100, max_attempts=3)
         assert job is not None and job.end_key == "100"
         peer_pid = peer.info.backend_pid
         claimed = []
-        claiming = threading.Thread(target=lambda: claimed.append(peer_store.claim_job(100, max_attempts=3)))
+        claiming = threading.Thread(target=lambda: claimed.append(peer_store.jobs.claim(100, max_attempts=3)))
         claiming.start()
         try:
             wait_until(
@@ -1236,7 +1240,7 @@ def test_a_peers_claim_does_not_stall_a_running_sub_batch(migration_db):
                 interval=0.005,
             )
             # the peer plans a range far from this job's: this job's next sub-batch has no reason to wait
-            result = store.run_sub_batch(job, 10, 50)
+            result = store.executor.run(job, 10, 50)
         finally:
             claiming.join(timeout=30)
         assert result.keys == 10

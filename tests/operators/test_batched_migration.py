@@ -10,6 +10,7 @@ import pytest
 from airflow.sdk import DAG
 
 from airflow_provider_walthrottle import BatchedMigrationOperator
+from airflow_provider_walthrottle.migrations.catalog import set_migration_paused
 from airflow_provider_walthrottle.migrations.runner import prepare
 from tests.dag_testing import run_dag, task_states, xcom_of
 from tests.migrations.conftest import (
@@ -161,11 +162,11 @@ def test_paused_migration_skips_then_resumes(connection):
     make_table(connection, "op_paused", 3000)
     dag, _ = migration_dag("op_paused", on_paused="skip")
     with psycopg.connect(connection.dsn(), autocommit=True) as conn:
-        store = prepare(conn, increment_migration("op_paused", "op_paused"), 2000)
-        store.set_paused(True)
+        prepare(conn, increment_migration("op_paused", "op_paused"), 2000)
+        set_migration_paused(conn, "op_paused", True)
         assert task_states(run_dag(dag)) == {"batch": "skipped"}
         assert set(counter_histogram(connection, "op_paused")) == {(True, 0), (False, 0)}
-        store.set_paused(False)
+        set_migration_paused(conn, "op_paused", False)
     assert task_states(run_dag(dag)) == {"batch": "success"}
 
 
@@ -183,41 +184,9 @@ def test_too_little_headroom_waits_for_room_for_the_smallest_batch_then_runs(con
     assert set(counter_histogram(connection, "op_headroom")) == {(True, 1), (False, 0)}
 
 
-def test_the_wait_for_headroom_ends_where_the_smallest_batch_fits():
-    from airflow_provider_walthrottle.archiver_status import BacklogMethod
-    from airflow_provider_walthrottle.health import evaluate_wal_archival
-    from airflow_provider_walthrottle.migrations.optimizer import (
-        BatchSizeDecision,
-        BatchSizePolicy,
-        ThroughputEstimate,
-    )
-    from airflow_provider_walthrottle.migrations.runner import BatchResult, Outcome
-    from airflow_provider_walthrottle.migrations.store import Progress
-    from airflow_provider_walthrottle.operators.batched_migration import _room_for_smallest_batch
-    from tests.test_metrics import status
-
-    segment = 16 * 1024 * 1024
-    health = evaluate_wal_archival(status(40), 42)
-    assert health.status.method is BacklogMethod.EXACT and health.status.wal_segment_size == segment
-    progress = Progress(0, 0, 100, 0, 0, 0.0, 0.0, None, "active")
-
-    def room(wal_bytes_per_row):
-        decision = BatchSizeDecision(
-            size=0,
-            by_time=None,
-            by_wal=0,
-            limited_by="wal",
-            must_wait=True,
-            estimate=ThroughputEstimate(None, wal_bytes_per_row),
-            policy=BatchSizePolicy(min_batch_size=1024, max_batch_size=10_000),
-        )
-        result = BatchResult(Outcome.THROTTLED, progress, decision=decision, health=health)
-        return _room_for_smallest_batch(result, 42)
-
-    assert room(segment * 5 / 1024) == 37  # the smallest batch, 1,024 rows, fills 5 segments
-    assert room(segment * 5.5 / 1024) == 36  # 5.5 segments need 6
-    assert room(None) == 41  # nothing measured yet: one segment of room
-    assert room(segment * 50 / 1024) == 0  # more than the threshold: wait for an empty backlog
+def test_a_task_deferred_under_the_old_callback_name_resumes_through_execute_complete():
+    # tasks deferred before the rename were serialized with method_name="resume_after_wait"
+    assert BatchedMigrationOperator.resume_after_wait is BatchedMigrationOperator.execute_complete
 
 
 @pytest.mark.parametrize(

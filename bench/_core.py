@@ -1,0 +1,84 @@
+"""The batching core driven as ``BatchedMigrationOperator`` drives it, for the benchmarks.
+
+The operator is the Airflow face of :func:`~airflow_provider_walthrottle.migrations.batch.run_batch`:
+per task it builds the run settings from its arguments, checks the WAL behind the feature flag
+(the flag Variable read at each check, the metrics sent), runs one batch, and on a done batch sends
+the batch's metrics and logs its line; the WAL check is its
+:class:`~airflow_provider_walthrottle.gate.HealthGate`. The functions here do the same through the
+public core, so that a benchmark measures what a task does, without a scheduler.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
+from airflow_provider_walthrottle.gate import HealthGate
+from airflow_provider_walthrottle.metrics import record_batch, task_stats
+from airflow_provider_walthrottle.migrations.batch import BatchDone, NextStep, run_batch
+from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
+from airflow_provider_walthrottle.migrations.runner import HealthVerdict, RunSettings
+from airflow_provider_walthrottle.wal.health import OnUnavailable
+from airflow_provider_walthrottle.wal.queries import read_archiver_status
+
+if TYPE_CHECKING:
+    from airflow_provider_walthrottle.migrations.store import MigrationStore
+
+#: The logger of a task, which the operator's log lines go to.
+TASK_LOG = logging.getLogger("airflow.task")
+
+
+def operator_settings(*, batch_size: int, sub_batch_size: int, threshold: int) -> RunSettings:
+    """Return the run settings of an operator with these arguments and the defaults otherwise (no pause).
+
+    :param batch_size: the operator's ``batch_size``.
+    :param sub_batch_size: its ``sub_batch_size``.
+    :param threshold: its ``max_pending_segments``.
+    """
+    policy = BatchSizePolicy(min_batch_size=min(100, batch_size), max_batch_size=max(100_000, batch_size))
+    return RunSettings(
+        sub_batch_size=sub_batch_size, pause_ms=0, max_pending_segments=threshold, policy=policy
+    )
+
+
+def operator_gate(store: MigrationStore, settings: RunSettings, *, conn_id: str) -> HealthGate:
+    """Return the WAL check of an operator with the defaults: the flag Variable's, ``on_unavailable="wait"``.
+
+    :param store: the migration's store; the migration's name is the flag's actor.
+    :param settings: from :func:`operator_settings`.
+    :param conn_id: the Airflow connection the metrics and the trigger name.
+    """
+    return HealthGate(
+        postgres_conn_id=conn_id,
+        max_pending_segments=settings.max_pending_segments,
+        flag_variable=WAL_HEALTH_FLAG,
+        flag_default=False,
+        on_unavailable=OnUnavailable.WAIT,
+        actor=store.definition.name,
+    )
+
+
+def operator_task(store: MigrationStore, settings: RunSettings, *, conn_id: str) -> NextStep:
+    """Run one batch as one task of the operator does (after ``prepare()``); return the core's answer.
+
+    :param store: the migration's store.
+    :param settings: from :func:`operator_settings`.
+    :param conn_id: the Airflow connection the metrics name.
+    """
+    gate = operator_gate(store, settings, conn_id=conn_id)
+    read_status = functools.partial(read_archiver_status, store.conn)
+
+    def check() -> HealthVerdict:
+        verdict = gate.check(read_status)
+        return HealthVerdict(proceed=verdict.proceed, health=verdict.health)
+
+    step = run_batch(store, settings, check, log=TASK_LOG.debug)
+    if isinstance(step, BatchDone):
+        result, name = step.result, store.definition.name
+        record_batch(
+            task_stats(), conn_id=conn_id, migration=name, rows=result.rows_affected, seconds=result.seconds
+        )
+        TASK_LOG.info("Migration %s: %s", name, step.describe())
+    return step
