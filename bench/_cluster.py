@@ -1,6 +1,6 @@
 """What every benchmark shares: a throwaway PostgreSQL, a table to migrate, the machine, a table printer.
 
-The benchmarks use the test suite's harness (``tests/postgres_cluster.py``): a real PostgreSQL 15
+The benchmarks use the test suite's harness (``tests/support/postgres_cluster.py``): a real PostgreSQL 15
 cluster made with ``initdb`` and started with ``pg_ctl`` as the ``postgres`` user, with
 ``archive_mode=on`` and an ``archive_command`` the benchmark controls. :func:`bench_cluster` sets
 one up and always tears it down, whatever happens in between::
@@ -26,8 +26,8 @@ if str(ROOT) not in sys.path:
 
 from psycopg import sql  # noqa: E402
 
-import tests.airflow_env  # noqa: E402, F401  (a private AIRFLOW_HOME before Airflow is imported)
-from tests.postgres_cluster import (  # noqa: E402
+import tests.support.airflow_env  # noqa: E402, F401  (a private AIRFLOW_HOME before Airflow is imported)
+from tests.support.postgres_cluster import (  # noqa: E402
     PostgresCluster,
     find_binary,
     make_base_dir,

@@ -31,7 +31,7 @@ from airflow_provider_walthrottle.hooks.wal_archival_sql import read_archiver_st
 from airflow_provider_walthrottle.wal import segment_file_name
 
 if TYPE_CHECKING:
-    from tests.postgres_cluster import PostgresCluster
+    from tests.support.postgres_cluster import PostgresCluster
 
 
 def timed(call, repeat: int) -> tuple[float, float]:

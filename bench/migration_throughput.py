@@ -28,7 +28,7 @@ from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
 from airflow_provider_walthrottle.migrations.runner import HealthVerdict, RunSettings, prepare
 
 if TYPE_CHECKING:
-    from tests.postgres_cluster import PostgresCluster
+    from tests.support.postgres_cluster import PostgresCluster
 
 
 def run(cluster: PostgresCluster, rows: int, batch_size: int, sub_batch_size: int) -> dict[str, Any]:

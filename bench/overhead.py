@@ -62,7 +62,7 @@ from airflow_provider_walthrottle.migrations.definition import MigrationDefiniti
 from airflow_provider_walthrottle.migrations.runner import prepare
 
 if TYPE_CHECKING:
-    from tests.postgres_cluster import PostgresCluster
+    from tests.support.postgres_cluster import PostgresCluster
 
 CONN_ID = "bench_overhead"
 THRESHOLD = 42

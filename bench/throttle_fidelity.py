@@ -75,7 +75,7 @@ from airflow_provider_walthrottle.wal.queries import read_archiver_status
 
 if TYPE_CHECKING:
     from airflow_provider_walthrottle.migrations.store import MigrationStore
-    from tests.postgres_cluster import PostgresCluster
+    from tests.support.postgres_cluster import PostgresCluster
 
 THRESHOLD = 42
 POLICIES = ("none", "gitlab", "ours", "ours_default")

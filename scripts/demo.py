@@ -40,8 +40,8 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.airflow_standalone import AirflowCommandError, AirflowStandalone  # noqa: E402
-from tests.postgres_cluster import (  # noqa: E402
+from tests.support.airflow_standalone import AirflowCommandError, AirflowStandalone  # noqa: E402
+from tests.support.postgres_cluster import (  # noqa: E402
     PostgresCluster,
     make_base_dir,
     remove_base_dir,

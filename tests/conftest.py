@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-import tests.airflow_env  # noqa: F401  (first: sets AIRFLOW_HOME before Airflow is imported)
-from tests.postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters
+import tests.support.airflow_env  # noqa: F401  (first: sets AIRFLOW_HOME before Airflow is imported)
+from tests.support.postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.postgres_cluster import ClusterFactory
+    from tests.support.postgres_cluster import ClusterFactory
 
 
 #: The slow tiers, by the folder a test lives in (see the markers in pyproject.toml).

@@ -120,7 +120,7 @@ def test_connection_stored_in_the_metadata_database(pg_drained, capsys):
     from airflow.models.connection import Connection
     from airflow.utils.session import create_session
 
-    from tests.dag_testing import migrate_metadata_db
+    from tests.support.dag_testing import migrate_metadata_db
 
     migrate_metadata_db()
     with create_session() as session:
@@ -187,11 +187,12 @@ def test_a_dsn_gets_the_default_connect_timeout_unless_it_sets_one():
     assert kwargs["options"] == "-c statement_timeout=30000"
 
 
+@pytest.mark.slow
 def test_status_of_a_silent_server_exits_unknown_within_the_timeout():
     import os
     import time
 
-    from tests.silent_server import SilentServer
+    from tests.support.silent_server import SilentServer
 
     executable = shutil.which("walthrottle", path=str(Path(sys.executable).parent))
     assert executable

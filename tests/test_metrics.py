@@ -28,9 +28,9 @@ from airflow_provider_walthrottle.metrics import (
 )
 from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus, BacklogMethod
 from airflow_provider_walthrottle.wal.health import evaluate_wal_archival
-from tests.dag_testing import run_dag, task_states
-from tests.migrations.conftest import INCREMENT, SCOPE, make_table
-from tests.statsd_listener import StatsdListener
+from tests.support.dag_testing import run_dag, task_states
+from tests.support.migration_tables import INCREMENT, SCOPE, make_table
+from tests.support.statsd_listener import StatsdListener
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -6,8 +6,8 @@ import datetime
 import uuid
 
 from airflow_provider_walthrottle import BatchedMigrationOperator, WalArchivalSensor, batched_migration_dag
-from tests.dag_testing import run_dag, task_states, xcom_of
-from tests.migrations.conftest import INCREMENT, SCOPE, counter_histogram, make_table
+from tests.support.dag_testing import run_dag, task_states, xcom_of
+from tests.support.migration_tables import INCREMENT, SCOPE, counter_histogram, make_table
 
 START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
-from tests.postgres_cluster import PostgresCluster, PostgresClusterError, lsn_to_int
+from tests.support.postgres_cluster import PostgresCluster, PostgresClusterError, lsn_to_int
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.postgres_cluster import ClusterFactory
+    from tests.support.postgres_cluster import ClusterFactory
 
 COUNT_READY_SQL = r"SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name ~ '^[0-9A-F]{24}\.ready$'"
 

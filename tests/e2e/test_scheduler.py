@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from psycopg import sql
 
-from tests.airflow_standalone import AirflowStandalone, make_home
-from tests.statsd_listener import StatsdListener
+from tests.support.airflow_standalone import AirflowStandalone, make_home
+from tests.support.statsd_listener import StatsdListener
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.postgres_cluster import ClusterFactory, PostgresCluster
+    from tests.support.postgres_cluster import ClusterFactory, PostgresCluster
 
 DAG_ID = "e2e_wal_throttled_migration"
 MIGRATION = "e2e_increment_counter"

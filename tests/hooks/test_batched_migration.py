@@ -8,7 +8,7 @@ from airflow_provider_walthrottle.exceptions import InsufficientPrivilegeError
 from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
 from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 from airflow_provider_walthrottle.migrations.runner import prepare
-from tests.migrations.conftest import increment_migration, make_table
+from tests.support.migration_tables import increment_migration, make_table
 
 
 @pytest.fixture

@@ -360,10 +360,11 @@ def _bounded(function, seconds):
         pool.shutdown(wait=False)
 
 
+@pytest.mark.slow
 def test_a_silent_server_fails_with_one_line_after_the_default_connect_timeout(monkeypatch):
     import time
 
-    from tests.silent_server import SilentServer
+    from tests.support.silent_server import SilentServer
 
     with SilentServer() as server:
         monkeypatch.setenv("AIRFLOW_CONN_SILENT", f"postgresql://mon:mon-secret@127.0.0.1:{server.port}/db")
@@ -385,7 +386,7 @@ def test_a_silent_server_fails_the_async_check_too(monkeypatch):
     import asyncio
     import time
 
-    from tests.silent_server import SilentServer
+    from tests.support.silent_server import SilentServer
 
     monkeypatch.setenv("AIRFLOW__WALTHROTTLE__CONNECT_TIMEOUT", "2")  # [walthrottle] connect_timeout = 2
     with SilentServer() as server:

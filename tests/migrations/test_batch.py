@@ -20,7 +20,7 @@ from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
 from airflow_provider_walthrottle.migrations.runner import HealthVerdict, RunSettings, prepare
 from airflow_provider_walthrottle.wal.health import evaluate_wal_archival
 from airflow_provider_walthrottle.wal.queries import read_archiver_status
-from tests.migrations.conftest import counter_histogram, increment_migration, make_table
+from tests.support.migration_tables import counter_histogram, increment_migration, make_table
 
 SETTINGS = RunSettings(sub_batch_size=100, pause_ms=0, max_pending_segments=42)
 

@@ -13,16 +13,15 @@ from airflow_provider_walthrottle.migrations.runner import (
     prepare,
 )
 from airflow_provider_walthrottle.migrations.state import MigrationStateError
-from tests.migrations.conftest import counter_histogram, increment_migration, make_table
-from tests.migrations.test_runner import (
+from tests.support.migration_runs import (
     always_healthy,
-    in_scope_keys,
     job_rows,
     migration_row,
     run_bounded_batch,
     run_until_finished,
     sub_batch_budget,
 )
+from tests.support.migration_tables import counter_histogram, in_scope_keys, increment_migration, make_table
 
 #: The scope of issue 10: it closes the ``AND (`` it is wrapped in, so that every row matches.
 ESCAPING_SCOPE = "true) OR (true"

@@ -20,11 +20,9 @@ from airflow_provider_walthrottle.migrations.runner import (
     prepare,
 )
 from airflow_provider_walthrottle.migrations.state import MigrationStateError
-from tests.migrations.conftest import SCOPE, counter_histogram, make_table, poisoned_migration
-from tests.migrations.test_runner import (
+from tests.support.migration_runs import (
     always_healthy,
     assert_ranges_partition,
-    in_scope_keys,
     job_rows,
     lock_is_free,
     migration_row,
@@ -32,14 +30,21 @@ from tests.migrations.test_runner import (
     run_until_finished,
     start_worker,
 )
-from tests.postgres_cluster import wait_until
+from tests.support.migration_tables import (
+    SCOPE,
+    counter_histogram,
+    in_scope_keys,
+    make_table,
+    poisoned_migration,
+)
+from tests.support.postgres_cluster import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     import psycopg
 
-    from tests.postgres_cluster import PostgresCluster
+    from tests.support.postgres_cluster import PostgresCluster
 
 
 def slow_migration(name: str) -> MigrationDefinition:

@@ -8,7 +8,7 @@ from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.migrations.runner import prepare
 from airflow_provider_walthrottle.migrations.state import MigrationStatus
-from tests.migrations.conftest import increment_migration, make_table
+from tests.support.migration_tables import increment_migration, make_table
 
 
 def test_a_locked_read_needs_the_callers_transaction_and_a_plain_one_opens_its_own(migration_db):

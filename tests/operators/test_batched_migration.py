@@ -12,8 +12,8 @@ from airflow.sdk import DAG
 from airflow_provider_walthrottle import BatchedMigrationOperator
 from airflow_provider_walthrottle.migrations.catalog import set_migration_paused
 from airflow_provider_walthrottle.migrations.runner import prepare
-from tests.dag_testing import run_dag, task_states, xcom_of
-from tests.migrations.conftest import (
+from tests.support.dag_testing import run_dag, task_states, xcom_of
+from tests.support.migration_tables import (
     INCREMENT,
     SCOPE,
     counter_histogram,
@@ -58,6 +58,7 @@ def connection(monkeypatch, migration_db):
     return migration_db
 
 
+@pytest.mark.slow
 def test_repeated_runs_finish_the_migration_then_skip(connection):
     make_table(connection, "op_repeat", 12_000)  # about 3,430 keys in scope: two batches of 2,000
     dag, _ = migration_dag("op_repeat")
@@ -130,7 +131,7 @@ def test_bad_table_fails_before_any_row_is_touched(connection):
 def run_opening_the_gate(connection, dag):
     """Run the DAG while the gate is closed; open it after the operator's own connection and two
     checks of its trigger (each check of the deferred wait opens a session). Return the run."""
-    from tests.sensors.test_wal_archival import GateOpener
+    from tests.support.archive_gate import GateOpener
 
     opener = GateOpener(connection, "postgres", checks=3)
     opener.start()

@@ -35,14 +35,14 @@ from airflow_provider_walthrottle.migrations.runner import (
 )
 from airflow_provider_walthrottle.wal.health import OnUnavailable, evaluate_wal_archival, may_proceed
 from airflow_provider_walthrottle.wal.queries import read_archiver_status
-from tests.airflow_standalone import AirflowStandalone, free_port, make_home
-from tests.migrations.conftest import increment_migration, make_table
-from tests.silent_server import SilentServer
+from tests.support.airflow_standalone import AirflowStandalone, free_port, make_home
+from tests.support.migration_tables import increment_migration, make_table
+from tests.support.silent_server import SilentServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.postgres_cluster import ClusterFactory, PostgresCluster
+    from tests.support.postgres_cluster import ClusterFactory, PostgresCluster
 
 CONN_ID = "pg_ui"
 DOWN_CONN_ID = "pg_down"

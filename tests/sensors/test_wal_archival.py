@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import threading
 import uuid
 
 import pytest
@@ -11,7 +10,8 @@ from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_walthrottle import WalArchivalSensor
-from tests.dag_testing import run_dag, task_states, xcom_of
+from tests.support.archive_gate import GateOpener, Watchdog
+from tests.support.dag_testing import run_dag, task_states, xcom_of
 
 FLAG_ENV = "AIRFLOW_VAR_BATCHED_MIGRATIONS_HEALTH_STATUS_WAL"
 START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -46,33 +46,6 @@ def test_flag_off_passes_at_once_without_any_database(monkeypatch):
         "flag_variable": "batched_migrations_health_status_wal",
         "signal": None,
     }
-
-
-class Watchdog(threading.Thread):
-    """Open the archive gate if the test is still running after ``seconds``.
-
-    A wait that ignores its timeout would otherwise wait forever; once the gate opens it ends, and
-    the test's assertions report what went wrong.
-    """
-
-    def __init__(self, cluster, seconds=120):
-        super().__init__(daemon=True)
-        self.cluster, self.seconds = cluster, seconds
-        self.done = threading.Event()
-        self.fired = False
-
-    def run(self):
-        if not self.done.wait(self.seconds):
-            self.fired = True
-            self.cluster.open_gate()
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.done.set()
-        self.join()
 
 
 @pytest.fixture
@@ -125,33 +98,6 @@ def test_flag_actor_decides_who_asks_the_flag(monkeypatch, pg_drained, connectio
     for actor, checked in (("orders_backfill", True), ("another_migration", False), (None, False)):
         dag, _ = sensor_dag(postgres_conn_id=connection, flag_actor=actor)
         assert xcom_of(run_dag(dag), "wait_for_wal")["checked"] is checked, actor
-
-
-class GateOpener(threading.Thread):
-    """Open the archive gate once the sensor has checked the backlog ``checks`` times.
-
-    The sensor's connection uses a database of its own, so its checks can be counted in
-    ``pg_stat_database.sessions``: one session per check.
-    """
-
-    def __init__(self, cluster, dbname, checks):
-        super().__init__(daemon=True)
-        self.cluster, self.dbname, self.checks = cluster, dbname, checks
-        self.sessions_before = self.sessions()
-        self.opened = threading.Event()
-        self.stop = threading.Event()
-
-    def sessions(self):
-        self.cluster.execute("SELECT pg_stat_clear_snapshot()")
-        rows = self.cluster.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", [self.dbname])
-        return rows[0][0] if rows else 0
-
-    def run(self):
-        while not self.stop.wait(0.1):
-            if self.sessions() - self.sessions_before >= self.checks:
-                self.cluster.open_gate()
-                self.opened.set()
-                return
 
 
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "rescheduled"])

@@ -189,6 +189,7 @@ def test_a_short_poll_interval_is_not_stretched_to_the_first_recheck():
     assert next_check_in(pending=50, target=42, drain_rate=None, poll_interval=0.5, min_interval=1) == 0.5
 
 
+@pytest.mark.slow
 def test_a_draining_backlog_ends_the_wait_about_when_it_reaches_the_threshold(monkeypatch, pg_drained):
     monkeypatch.setenv(FLAG_ENV, "true")
     monkeypatch.setenv("AIRFLOW_CONN_TRIGGER_DRAINING", pg_drained.uri())

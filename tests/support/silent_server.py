@@ -8,7 +8,7 @@ connect timeout, libpq waits for the server's first message forever::
         dsn = f"postgresql://u:p@127.0.0.1:{server.port}/db"
 
 It binds 127.0.0.1 on a free port and holds every accepted socket open until it is closed. Run it as
-a script (``python -m tests.silent_server [PORT]``) to try the provider by hand.
+a script (``python -m tests.support.silent_server [PORT]``) to try the provider by hand.
 """
 
 from __future__ import annotations

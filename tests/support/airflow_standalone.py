@@ -96,7 +96,7 @@ def _airflow_argv() -> list[str]:
 
 
 def _cfg_text(settings: Mapping[str, Mapping[str, str]]) -> str:
-    lines = ["# written by tests/airflow_standalone.py"]
+    lines = ["# written by tests/support/airflow_standalone.py"]
     for section, options in settings.items():
         lines.append(f"\n[{section}]")
         lines += [f"{key} = {value}" for key, value in options.items()]

@@ -1,4 +1,4 @@
-"""Fixtures for the batching core: a table with gaps in its keys, and a connection to walk it."""
+"""Tables for test migrations: keys with gaps, a scope, a counter per row (the truth of exactly-once)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from airflow_provider_walthrottle.migrations.definition import MigrationDefiniti
 INCREMENT = "UPDATE {table} SET counter = counter + 1 WHERE id BETWEEN %(start)s AND %(end)s AND {scope}"
 #: The rows in scope: a third of them.
 SCOPE = "tenant %% 3 = 0"
+#: The rows in scope, for SQL run without parameters (``SCOPE`` doubles its ``%`` for bound queries).
+IN_SCOPE = "tenant % 3 = 0"
 
 
 def make_table(cluster, name: str, rows: int) -> None:
@@ -62,3 +64,9 @@ def poisoned_migration(name: str, table: str, poison: int) -> MigrationDefinitio
         ),
         scope=SCOPE,
     )
+
+
+def in_scope_keys(cluster, table: str) -> list[int]:
+    """Return the ids of the rows in scope, in order."""
+    query = sql.SQL("SELECT id FROM {} WHERE " + IN_SCOPE + " ORDER BY id").format(sql.Identifier(table))
+    return [key for (key,) in cluster.execute(query)]

@@ -456,7 +456,7 @@ class PostgresCluster:
         cluster._ensure_replication_hba()
         conf = cluster.data_dir / "postgresql.conf"
         with conf.open("a", encoding="utf-8") as fh:
-            fh.write("\n# added by tests/postgres_cluster.py\ninclude 'harness.conf'\n")
+            fh.write("\n# added by tests/support/postgres_cluster.py\ninclude 'harness.conf'\n")
         cluster._write_harness_conf()
         return cluster
 
@@ -562,7 +562,7 @@ class PostgresCluster:
         return conf
 
     def _write_harness_conf(self) -> None:
-        lines = [f"# written by tests/postgres_cluster.py for cluster {self.name}"]
+        lines = [f"# written by tests/support/postgres_cluster.py for cluster {self.name}"]
         lines += [f"{key} = {_conf_value(value)}" for key, value in self.settings().items()]
         _server_file(self.data_dir / "harness.conf", "\n".join(lines) + "\n")
 
