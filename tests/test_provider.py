@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib.metadata import entry_points, version
+from pathlib import Path
 
 import airflow_provider_walthrottle
 from airflow_provider_walthrottle.get_provider_info import get_provider_info
@@ -87,3 +88,11 @@ def test_unknown_attribute_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         airflow_provider_walthrottle.Nope  # noqa: B018
+
+
+def test_every_configuration_option_is_documented_with_its_default():
+    page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    options = get_provider_info()["config"]["walthrottle"]["options"]
+    for name, option in options.items():
+        assert f"| `{name}` | {option['type']}" in page, name
+        assert f"| `{option['default']}` |" in page.split(f"| `{name}` |")[1].split("\n")[0], name
