@@ -45,6 +45,7 @@ def bench_cluster(
     wal_segsize_mb: int = 16,
     extra_conf: dict[str, str] | None = None,
     archive_delay_seconds: float = 0.0,
+    archive_mode: str = "on",
 ) -> Iterator[PostgresCluster]:
     """Start a throwaway cluster in a temporary directory; stop it and remove the directory after.
 
@@ -52,6 +53,7 @@ def bench_cluster(
     :param wal_segsize_mb: ``initdb --wal-segsize``, in MB.
     :param extra_conf: server settings on top of the harness's.
     :param archive_delay_seconds: seconds ``archive_command`` sleeps before each copy.
+    :param archive_mode: ``archive_mode``; ``"off"`` for a cluster that only holds Airflow's metadata.
     """
     base = make_base_dir("walthrottle-bench-")
     cluster: PostgresCluster | None = None
@@ -62,6 +64,7 @@ def bench_cluster(
             wal_segsize_mb=wal_segsize_mb,
             extra_conf=extra_conf,
             archive_delay_seconds=archive_delay_seconds,
+            archive_mode=archive_mode,
         )
         cluster.start()
         yield cluster

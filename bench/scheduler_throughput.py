@@ -1,0 +1,276 @@
+"""A migration DAG from ``batched_migration_dag()`` under a real Airflow scheduler: how fast is it?
+
+What users run, not the core in-process: a real scheduler, dag-processor, triggerer and api-server
+(LocalExecutor, ``parallelism`` 4, metadata in a PostgreSQL of its own), started as the end-to-end
+test starts them, and one DAG built by ``batched_migration_dag()`` with the helper's defaults unless
+``--schedule`` or ``--operator-kwargs`` say otherwise. The WAL flag is on. Against it, a throwaway
+PostgreSQL with ``archive_mode=on`` and an archiver of a chosen pace (``--archive-delay``: seconds
+``archive_command`` sleeps before each copy, so at most ``1 / delay`` segments a second).
+
+For ``--seconds`` after the first batch starts it samples, every 0.25 s, the keys done (from the
+provider's state tables) and the ``.ready`` files, and reports:
+
+- rows/s over the window (keys done in it, divided by its length);
+- the archiver-bound limit for this table: the archiver's pace times the segment size, divided by
+  the WAL bytes a key cost (measured from the WAL position before and after), and rows/s as a
+  fraction of it (only with ``--archive-delay``; a fast archiver does not bind);
+- max pending segments and the seconds above the threshold (42);
+- the batches in the window, their median size and duration, and the median gap from one batch's
+  end to the next one's start (what the scheduler adds).
+
+With ``--core`` it also runs the batching core in-process on a fresh copy of the table, with the
+same operator arguments and no scheduler, for the same number of seconds, and reports the DAG's
+rate as a fraction of it.
+
+    .venv/bin/python bench/scheduler_throughput.py --seconds 120 --core
+    .venv/bin/python bench/scheduler_throughput.py --wal-segsize-mb 1 --archive-delay 0.125 \\
+        --operator-kwargs '{"sub_batch_size": 1000, "pause_ms": 0}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cluster import bench_cluster, copy_items_table, machine, make_items_table, update_sql, write_json
+
+from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
+from airflow_provider_walthrottle.wal.health import DEFAULT_MAX_PENDING_SEGMENTS
+from tests.support.airflow_standalone import AirflowStandalone, make_home
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.support.postgres_cluster import PostgresCluster
+
+DAG_ID = "bench_scheduler_throughput"
+MIGRATION = "bench_scheduler_migration"
+TABLE = "items"
+CONN_ID = "bench_db"
+SAMPLE_SECONDS = 0.25
+
+DAG_FILE = '''
+"""Written by bench/scheduler_throughput.py."""
+
+import datetime
+import itertools
+import json
+
+from airflow_provider_walthrottle import batched_migration_dag
+
+dag = batched_migration_dag(
+    dag_id={dag_id!r},
+    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    postgres_conn_id={conn_id!r},
+    migration_name={migration!r},
+    table="public.{table}",
+    column="id",
+    batch_sql={batch_sql!r},
+    **json.loads({helper_kwargs!r}),
+)
+'''
+
+
+@contextlib.contextmanager
+def airflow_running(target: PostgresCluster, metadata: PostgresCluster, dag_source: str) -> Iterator[Any]:
+    """Start a real Airflow with one DAG file and a connection to ``target``; stop it after."""
+    metadata.execute("CREATE DATABASE airflow")
+    home = make_home()
+    (home / "dags").mkdir(parents=True, exist_ok=True)
+    (home / "dags" / f"{DAG_ID}.py").write_text(dag_source)
+    airflow = AirflowStandalone(
+        home,
+        dags_folder=home / "dags",
+        metadata_db=metadata.uri(dbname="airflow").replace("postgresql://", "postgresql+psycopg://", 1),
+        connections={CONN_ID: target.uri()},
+        parallelism=4,
+    )
+    try:
+        airflow.prepare()
+        airflow.set_variable(WAL_HEALTH_FLAG, "true")
+        airflow.start()
+        airflow.wait_for_dag(DAG_ID)
+        yield airflow
+    finally:
+        airflow.stop()
+        airflow.remove_home()
+
+
+def keys_done(target: PostgresCluster) -> int:
+    """Return the keys the migration has walked so far (0 before its state tables exist)."""
+    if target.execute("SELECT to_regclass('walthrottle.batched_migration_jobs')")[0][0] is None:
+        return 0
+    rows = target.execute(
+        "SELECT coalesce(sum(keys_done), 0) FROM walthrottle.batched_migration_jobs "
+        "WHERE migration_name = %s",
+        [MIGRATION],
+    )
+    return int(rows[0][0])
+
+
+def wal_position(target: PostgresCluster) -> int:
+    """Return the server's WAL insert position, in bytes."""
+    return int(target.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")[0][0])
+
+
+def sample(target: PostgresCluster, seconds: float, threshold: int) -> dict[str, Any]:
+    """Wait for the first batch, then sample keys done and pending segments for ``seconds``."""
+    deadline = time.monotonic() + 300
+    while keys_done(target) == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no batch finished a sub-batch within 300 s of the DAG's start")
+        time.sleep(SAMPLE_SECONDS)
+    start, keys_at_start, wal_at_start = time.monotonic(), keys_done(target), wal_position(target)
+    pending: list[int] = []
+    above = 0.0
+    while time.monotonic() - start < seconds:
+        time.sleep(SAMPLE_SECONDS)
+        pending.append(len(target.ready_segments()))
+        above += SAMPLE_SECONDS if pending[-1] > threshold else 0.0
+    elapsed = time.monotonic() - start
+    keys = keys_done(target) - keys_at_start
+    return {
+        "seconds": round(elapsed, 1),
+        "keys": keys,
+        "rows_per_second": keys / elapsed,
+        "wal_bytes_per_key": (wal_position(target) - wal_at_start) / keys if keys else None,
+        "max_pending": max(pending, default=0),
+        "seconds_above_threshold": round(above, 2),
+        **batches(target, start_wall=time.time() - elapsed),
+    }
+
+
+def batches(target: PostgresCluster, *, start_wall: float) -> dict[str, Any]:
+    """Describe the jobs that started in the window: their sizes, durations and the gaps between them."""
+    rows = target.execute(
+        "SELECT planned_rows, extract(epoch FROM started_at), extract(epoch FROM finished_at) "
+        "FROM walthrottle.batched_migration_jobs WHERE migration_name = %s AND status = 'succeeded' "
+        "AND started_at >= to_timestamp(%s) ORDER BY started_at",
+        [MIGRATION, start_wall],
+    )
+    gaps = [float(b[1]) - float(a[2]) for a, b in itertools.pairwise(rows)]
+    return {
+        "batches": len(rows),
+        "median_batch_keys": statistics.median(int(r[0]) for r in rows) if rows else None,
+        "median_batch_seconds": statistics.median(float(r[2]) - float(r[1]) for r in rows) if rows else None,
+        "median_gap_seconds": statistics.median(gaps) if gaps else None,
+    }
+
+
+def core_rate(target: PostgresCluster, seconds: float, operator_kwargs: dict[str, Any]) -> float:
+    """Run the batching core in-process on a fresh copy of the table for ``seconds``; return rows/s."""
+    import psycopg
+    from _core import operator_task
+
+    from airflow_provider_walthrottle.migrations.batch import BatchDone
+    from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
+    from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
+    from airflow_provider_walthrottle.migrations.runner import RunSettings, prepare
+
+    copy_items_table(target, TABLE, "items_core")
+    batch_size = operator_kwargs.get("batch_size", 1000)
+    policy = BatchSizePolicy(
+        min_batch_size=min(operator_kwargs.get("min_batch_size", 100), batch_size),
+        max_batch_size=max(operator_kwargs.get("max_batch_size", 100_000), batch_size),
+    )
+    settings = RunSettings(
+        sub_batch_size=operator_kwargs.get("sub_batch_size", 100),
+        pause_ms=operator_kwargs.get("pause_ms", 100),
+        max_pending_segments=DEFAULT_MAX_PENDING_SEGMENTS,
+        policy=policy,
+    )
+    definition = MigrationDefinition("bench_core", "public.items_core", "id", update_sql("items_core"))
+    keys = 0
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        store = prepare(conn, definition, batch_size)
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            step = operator_task(store, settings, conn_id=CONN_ID)
+            if not isinstance(step, BatchDone):
+                break
+            keys += step.result.keys
+        return keys / (time.monotonic() - start)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one case; return its figures and the settings it ran with."""
+    helper_kwargs: dict[str, Any] = {"operator_kwargs": args.operator_kwargs}
+    if args.schedule is not None:
+        helper_kwargs["schedule"] = args.schedule
+    dag_source = DAG_FILE.format(
+        dag_id=DAG_ID,
+        conn_id=CONN_ID,
+        migration=MIGRATION,
+        table=TABLE,
+        batch_sql=update_sql(TABLE),
+        helper_kwargs=json.dumps(helper_kwargs),
+    )
+    with (
+        bench_cluster(
+            "scheduler-target", wal_segsize_mb=args.wal_segsize_mb, archive_delay_seconds=args.archive_delay
+        ) as target,
+        bench_cluster("scheduler-metadata", archive_mode="off") as metadata,
+    ):
+        make_items_table(target, TABLE, args.rows)
+        target.archive_one_segment()
+        with airflow_running(target, metadata, dag_source) as airflow:
+            airflow.unpause(DAG_ID)
+            if args.schedule not in (None, "@continuous"):
+                airflow.trigger(DAG_ID, run_id="bench_first")
+            figures = sample(target, args.seconds, DEFAULT_MAX_PENDING_SEGMENTS)
+        if args.core:
+            figures["core_rows_per_second"] = core_rate(target, args.seconds, args.operator_kwargs)
+            figures["fraction_of_core"] = figures["rows_per_second"] / figures["core_rows_per_second"]
+    if args.archive_delay and figures["wal_bytes_per_key"]:
+        limit = (1 / args.archive_delay) * args.wal_segsize_mb * 1024 * 1024 / figures["wal_bytes_per_key"]
+        figures["archiver_bound_rows_per_second"] = limit
+        figures["fraction_of_archiver_bound"] = figures["rows_per_second"] / limit
+    settings = {
+        "rows": args.rows,
+        "schedule": args.schedule or "the helper's default",
+        "operator_kwargs": args.operator_kwargs or "the helper's defaults",
+        "wal_segsize_mb": args.wal_segsize_mb,
+        "archive_delay_seconds": args.archive_delay,
+        "executor": "LocalExecutor, parallelism 4",
+    }
+    return {"settings": settings, "figures": figures, "machine": machine(), "when": _now()}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the case, print its figures as JSON (and write them with ``--out``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=120.0, help="the measured window (default 120)")
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows in the table (default 2,000,000)")
+    parser.add_argument("--wal-segsize-mb", type=int, default=16, help="initdb --wal-segsize (default 16)")
+    parser.add_argument(
+        "--archive-delay", type=float, default=0.0, help="seconds archive_command sleeps per segment"
+    )
+    parser.add_argument("--schedule", help="the DAG's schedule; the helper's default if not given")
+    parser.add_argument(
+        "--operator-kwargs", type=json.loads, default={}, help="JSON: more operator arguments"
+    )
+    parser.add_argument("--core", action="store_true", help="also run the core in-process, for the ratio")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    results = run(args)
+    print(json.dumps(results, indent=2, default=str))
+    write_json(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
