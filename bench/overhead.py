@@ -23,6 +23,7 @@ The order of the three rotates from one repeat to the next; the median wall time
 ``--repeat`` runs is reported, and the ratio of the operator's median to the plain loop's.
 
     .venv/bin/python bench/overhead.py --sub-batch-size 1000
+    .venv/bin/python bench/overhead.py --batch-size 200000   # one task: per-task costs paid once
     .venv/bin/python bench/overhead.py --profile   # cProfile of one operator run (check on)
 """
 
@@ -86,15 +87,15 @@ def run_plain(dsn: str, table: str, rows: int, sub_batch_size: int) -> int:
     return statements
 
 
-def run_operator(dsn: str, table: str, sub_batch_size: int) -> int:
+def run_operator(dsn: str, table: str, sub_batch_size: int, batch_size: int = BATCH_SIZE) -> int:
     """Run the operator's batch loop until the migration is finished; return its sub-batches."""
     definition = MigrationDefinition(
         name=f"overhead_{table}", table=table, column="id", batch_sql=update_sql(table)
     )
-    settings = operator_settings(batch_size=BATCH_SIZE, sub_batch_size=sub_batch_size, threshold=THRESHOLD)
+    settings = operator_settings(batch_size=batch_size, sub_batch_size=sub_batch_size, threshold=THRESHOLD)
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
-            step = operator_task(prepare(conn, definition, BATCH_SIZE), settings, conn_id=CONN_ID)
+            step = operator_task(prepare(conn, definition, batch_size), settings, conn_id=CONN_ID)
             if isinstance(step, Finished):
                 break
             assert isinstance(step, BatchDone), step
@@ -119,7 +120,7 @@ def measure(cluster: PostgresCluster, variant: str, args: argparse.Namespace, ru
     if variant == "plain":
         statements = run_plain(cluster.dsn(), table, args.rows, args.sub_batch_size)
     else:
-        statements = run_operator(cluster.dsn(), table, args.sub_batch_size)
+        statements = run_operator(cluster.dsn(), table, args.sub_batch_size, args.batch_size)
     elapsed = time.perf_counter() - started
     expected = -(-args.rows // args.sub_batch_size)
     assert statements == expected, (variant, statements, expected)
@@ -141,13 +142,13 @@ PARTS = (
 )
 
 
-def breakdown(cluster: PostgresCluster, sub_batch_size: int) -> dict[str, float]:
+def breakdown(cluster: PostgresCluster, sub_batch_size: int, batch_size: int) -> dict[str, float]:
     """Profile one operator run (check on); return seconds spent in each of :data:`PARTS`, and in all."""
     table = f"items_profiled_{sub_batch_size}"
     fresh_copy(cluster, table)
     os.environ[f"AIRFLOW_VAR_{WAL_HEALTH_FLAG.upper()}"] = "true"
     profile = cProfile.Profile()
-    profile.runcall(run_operator, cluster.dsn(), table, sub_batch_size)
+    profile.runcall(run_operator, cluster.dsn(), table, sub_batch_size, batch_size)
     stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     seconds = {"total": sum(tt for _, _, tt, _, _ in stats.values())}
     for label, file, function in PARTS:
@@ -165,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--sub-batch-size", type=int, action="append", help="keys per statement (repeatable)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help="the operator's first batch_size (keys per task); the optimizer grows it from there",
+    )
     parser.add_argument("--profile", action="store_true", help="profile one operator run, then stop")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "rows": args.rows,
         "repeat": args.repeat,
-        "batch_size": BATCH_SIZE,
+        "batch_size": args.batch_size,
         "cases": [],
     }
     with bench_cluster("overhead") as cluster:
@@ -187,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             fresh_copy(cluster, "items_profiled")
             os.environ[f"AIRFLOW_VAR_{WAL_HEALTH_FLAG.upper()}"] = "true"
             profile = cProfile.Profile()
-            profile.runcall(run_operator, cluster.dsn(), "items_profiled", sizes[0])
+            profile.runcall(run_operator, cluster.dsn(), "items_profiled", sizes[0], args.batch_size)
             pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
             return 0
         for size in sizes:
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio_check_on": medians["check_on"] / medians["plain"],
                 "ratio_check_off": medians["check_off"] / medians["plain"],
             }
-            case["breakdown"] = breakdown(cluster, size)
+            case["breakdown"] = breakdown(cluster, size, args.batch_size)
             results["cases"].append(case)
             print(
                 f"sub-batch {size}: plain {medians['plain']:.2f} s, operator {medians['check_on']:.2f} s "

@@ -226,7 +226,7 @@ class JobQueue:
         after = migration.min_key if migration.cursor_key is None else migration.cursor_key
         with table.reading():
             cursor.execute(
-                table.range_query(inclusive=inclusive, key_type=migration.key_type),
+                table.range_query(inclusive=inclusive),
                 {"after": table.key(after), "last": table.key(migration.max_key), "rows": batch_size},
             )
         row = cursor.fetchone()

@@ -280,6 +280,10 @@ SELECT (SELECT count(*) FROM {jobs} WHERE migration_name = %(name)s AND status N
 FROM (SELECT 1) AS one LEFT JOIN exhausted ON true"""
 ).format(jobs=JOBS, failed=sql.Literal(JobStatus.FAILED), settled=_SETTLED)
 
+#: Open a sub-batch's transaction, in a pipeline (where ``Connection.transaction()`` would add two
+#: syncs). No lock.
+BEGIN = sql.SQL("BEGIN")
+
 #: Where a job this session runs resumes: ``[id]``; one row (``resume_key``, NULL before its first
 #: sub-batch), or none if the job is no longer ``running``. Takes the job's row lock.
 RUNNING_JOB_RESUME_KEY = sql.SQL("SELECT resume_key FROM {} WHERE id = %s AND status = {} FOR UPDATE").format(

@@ -39,16 +39,13 @@ class MigrationTable:
         """``schema.table``, for messages."""
         return f"{self.definition.schema_name}.{self.definition.table_name}"
 
-    def range_query(
-        self, *, inclusive: bool, key_type: str | None = None, wal_position: bool = False
-    ) -> sql.Composed:
+    def range_query(self, *, inclusive: bool, wal_position: bool = False) -> sql.Composed:
         """Return the query for the next range of this table's keys, within the migration's scope.
 
         See :func:`~airflow_provider_walthrottle.migrations.table_queries.next_range`, whose
         parameters these are.
 
         :param inclusive: whether ``%(after)s`` itself belongs to the range.
-        :param key_type: the key column's type name, for the one-pass ``min``/``max`` form.
         :param wal_position: also return the WAL insert position.
         """
         return table_queries.next_range(
@@ -56,7 +53,6 @@ class MigrationTable:
             self.column,
             self.definition.scope,
             inclusive=inclusive,
-            key_type=key_type,
             wal_position=wal_position,
         )
 

@@ -62,63 +62,60 @@ SELECT (SELECT {col} FROM {table} WHERE true{scope} ORDER BY {col} LIMIT 1)::tex
     ).format(col=column, table=table, scope=scope_condition(scope))
 
 
-#: Key types whose range ends ``min``/``max`` find in one pass; uuid has no ``min``/``max``.
-MIN_MAX_KEY_TYPES = frozenset({"int2", "int4", "int8", "text", "varchar"})
-
-
 def next_range(
     table: sql.Identifier,
     column: sql.Identifier,
     scope: str | None,
     *,
     inclusive: bool,
-    key_type: str | None = None,
     wal_position: bool = False,
 ) -> sql.Composed:
     """Return a query for the next range of at most ``%(rows)s`` keys after ``%(after)s``, up to ``%(last)s``.
 
     It returns the range's ``first`` and ``last`` key (as text), its number of ``keys`` and
-    ``in_range``, walking the key's unique index; ``inclusive`` makes the range start at
-    ``%(after)s`` itself. ``in_range`` is false when a key it found lies outside the bounds (by the
-    key's own type and collation): a scope that escapes its ``AND (...)`` did that, and the range
-    must not be used.
-    ``%(rows)s`` NULL means no limit. The ends come from ``min``/``max`` for the key types in
-    :data:`MIN_MAX_KEY_TYPES` (one pass, no sort), else from sorted ``array_agg`` (uuid).
+    ``in_range``; ``inclusive`` makes the range start at ``%(after)s`` itself. ``in_range`` is
+    false when a key it found lies outside the bounds (by the key's own type and collation): a
+    scope that escapes its ``AND (...)`` did that, and the range must not be used. ``%(rows)s``
+    NULL means no limit.
+
+    It walks the key's unique index without aggregating the keys it passes: ``first`` is the first
+    key, and ``last`` the ``%(rows)s``-th, found by ``OFFSET``, so a full range costs one index
+    probe and one walk of its keys, and ``keys`` is ``%(rows)s``. Only a range cut short by
+    ``%(last)s`` (a job's last) counts its keys and takes its last key from the end of the index.
+    Keys come in the index's order, which is the key type's and collation's, so the range's keys
+    all lie in the bounds exactly when its two ends do. All of it reads one snapshot. No lock
+    beyond ``AccessShareLock`` on the table.
 
     :param table: the table.
     :param column: the key column.
     :param scope: the DAG author's SQL condition.
     :param inclusive: whether ``%(after)s`` itself belongs to the range.
-    :param key_type: the key column's type name, e.g. ``int8``.
     :param wal_position: also return ``wal_position``, the WAL insert position (as text), read with
         the range, so that a sub-batch needs no round trip of its own for it.
     """
-    if key_type in MIN_MAX_KEY_TYPES:
-        ends = sql.SQL("min(k)::text AS first, max(k)::text AS last")
-    else:
-        ends = sql.SQL(
-            "((array_agg(k ORDER BY k))[1])::text AS first, ((array_agg(k ORDER BY k DESC))[1])::text AS last"
-        )
     position = sql.SQL(", pg_current_wal_insert_lsn()::text AS wal_position") if wal_position else sql.SQL("")
+    keys = sql.SQL("FROM {table} WHERE {col} {op} %(after)s AND {col} <= %(last)s{scope}").format(
+        table=table, col=column, op=sql.SQL(">=" if inclusive else ">"), scope=scope_condition(scope)
+    )
+    # MATERIALIZED: each probe runs once, and the tail's count only when there is no nth key
     return sql.SQL(
         """
-SELECT {ends}, count(*) AS keys,
-       coalesce(bool_and(k {op} %(after)s AND k <= %(last)s), true) AS in_range{position}
-FROM (
-    SELECT {col} AS k FROM {table}
-    WHERE {col} {op} %(after)s AND {col} <= %(last)s{scope}
-    ORDER BY {col}
-    LIMIT %(rows)s
-) AS planned
+WITH probes AS MATERIALIZED (
+    SELECT (SELECT {col} {keys} ORDER BY {col} LIMIT 1) AS first,
+           (SELECT {col} {keys} ORDER BY {col}
+            OFFSET coalesce(%(rows)s::bigint - 1, 0)
+            LIMIT CASE WHEN %(rows)s::bigint IS NULL THEN 0 ELSE 1 END) AS nth
+), ends AS MATERIALIZED (
+    SELECT first,
+           coalesce(nth, (SELECT {col} {keys} ORDER BY {col} DESC LIMIT 1)) AS last,
+           CASE WHEN nth IS NULL THEN (SELECT count(*) {keys}) ELSE %(rows)s::bigint END AS keys
+    FROM probes
+)
+SELECT first::text AS first, last::text AS last, keys,
+       coalesce(first {op} %(after)s AND last <= %(last)s, true) AS in_range{position}
+FROM ends
 """
-    ).format(
-        ends=ends,
-        position=position,
-        col=column,
-        table=table,
-        op=sql.SQL(">=" if inclusive else ">"),
-        scope=scope_condition(scope),
-    )
+    ).format(col=column, keys=keys, op=sql.SQL(">=" if inclusive else ">"), position=position)
 
 
 def explain(batch_sql: str) -> sql.Composed:

@@ -1,0 +1,163 @@
+"""A sub-batch in its pipeline: the range it finds, rows that arrive mid-job, a job moved on, an error."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from airflow_provider_walthrottle.migrations import table_queries
+from airflow_provider_walthrottle.migrations.runner import prepare
+from tests.support import migration_tables as tables
+from tests.support.migration_runs import job_rows
+from tests.support.migration_tables import counter_histogram, in_scope_keys, make_table
+
+# ------------------------------------------------------------------------------- the range query
+
+
+def expected_range(keys: list[str], after: int, last: int, rows: int | None, *, inclusive: bool) -> tuple:
+    """The range the query must find in ``keys`` (in the server's order), bounds given as positions."""
+    found = keys[after if inclusive else after + 1 : last + 1]
+    found = found if rows is None else found[:rows]
+    return (found[0], found[-1], len(found)) if found else (None, None, 0)
+
+
+@pytest.mark.parametrize(
+    ("key_type", "make_key", "as_key"),
+    [
+        pytest.param("bigint", lambda i: str(i * 3), int, id="bigint"),
+        pytest.param('text COLLATE "C"', lambda i: f"k{i * 7919 % 1000:04d}", str, id="text-C"),
+        pytest.param("uuid", lambda i: f"{i * 2654435761 % 2**128:032x}", uuid.UUID, id="uuid"),
+    ],
+)
+def test_the_range_query_finds_the_next_keys_its_ends_and_its_count(migration_db, key_type, make_key, as_key):
+    migration_db.execute("DROP TABLE IF EXISTS ranged")
+    migration_db.execute(f"CREATE TABLE ranged (key {key_type} PRIMARY KEY)")
+    cast = sql.SQL(key_type.split()[0])
+    migration_db.execute(
+        sql.SQL("INSERT INTO ranged SELECT DISTINCT unnest(%s::text[])::{}").format(cast),
+        [[make_key(i) for i in range(1, 400)]],
+    )
+    query_for = {
+        inclusive: table_queries.next_range(
+            sql.Identifier("ranged"), sql.Identifier("key"), None, inclusive=inclusive, wal_position=True
+        )
+        for inclusive in (True, False)
+    }
+    with migration_db.connect() as conn:
+        # the keys in the server's own order and text form
+        keys = [
+            key for (key,) in conn.execute("SELECT key::text AS k FROM ranged ORDER BY ranged.key").fetchall()
+        ]
+        chooser = random.Random(12)
+        for _ in range(80):
+            after, last = sorted(chooser.sample(range(len(keys)), 2))
+            rows = chooser.choice([1, 2, 7, 50, 1000, None])
+            inclusive = chooser.random() < 0.5
+            params = {"after": as_key(keys[after]), "last": as_key(keys[last]), "rows": rows}
+            first, end, count, in_range, wal_position = conn.execute(query_for[inclusive], params).fetchone()
+            assert (first, end, count) == expected_range(keys, after, last, rows, inclusive=inclusive), params
+            assert in_range is True and wal_position
+
+
+def test_a_range_past_the_last_key_is_empty_and_in_range(migration_db):
+    make_table(migration_db, "emptyrange", 50)
+    query = table_queries.next_range(
+        sql.Identifier("emptyrange"), sql.Identifier("id"), tables.SCOPE, inclusive=False, wal_position=False
+    )
+    with migration_db.connect() as conn:
+        row = conn.execute(query, {"after": 10_000, "last": 20_000, "rows": 10}).fetchone()
+    assert row == (None, None, 0, True)
+
+
+# ---------------------------------------------------------------------------- a job's sub-batches
+
+
+def claim_whole_table(conn: psycopg.Connection, name: str, *, rows: int = 100_000):
+    """Prepare ``name``'s increment migration and claim one job over all of its table."""
+    store = prepare(conn, tables.increment_migration(name, name), batch_size=rows)
+    _, job = store.jobs.claim(rows, max_attempts=3)
+    assert job is not None
+    return store, job
+
+
+def run_job(store, job, sub_batch_size: int) -> list:
+    """Run the job's sub-batches until it is finished; return their results."""
+    results = []
+    for _ in range(10_000):
+        results.append(store.executor.run(job, sub_batch_size, None))
+        if results[-1].job_finished:
+            return results
+    raise AssertionError("the job never finished")
+
+
+def test_rows_inserted_ahead_in_a_running_jobs_range_are_applied_exactly_once(migration_db):
+    make_table(migration_db, "arrivals", 700)  # every 7th id is missing: room for new rows
+    with migration_db.connect() as conn:
+        store, job = claim_whole_table(conn, "arrivals")
+        first = [store.executor.run(job, 20, None) for _ in range(3)]
+        done_up_to = int(first[-1].last_key)
+        # new rows in the gaps ahead of the job's resume key, in and out of scope, between two
+        # sub-batches: the next range queries see them
+        migration_db.execute(
+            "INSERT INTO arrivals (id, tenant) SELECT i, i %% 10 "
+            "FROM generate_series(%s::bigint, %s::bigint) AS i WHERE i %% 7 = 0",
+            [done_up_to + 1, int(job.end_key)],
+        )
+        run_job(store, job, 20)
+
+    histogram = counter_histogram(migration_db, "arrivals")
+    assert set(histogram) == {(True, 1), (False, 0)}, histogram
+    arrived = [key for key in in_scope_keys(migration_db, "arrivals") if key % 7 == 0]
+    assert arrived and min(arrived) > done_up_to  # each of them applied once, as the histogram says
+    (row,) = job_rows(migration_db, "arrivals")
+    assert row["status"] == "succeeded" and row["rows_affected"] == histogram[(True, 1)]
+
+
+def test_a_job_moved_on_by_another_session_is_planned_again_from_where_it_resumes(migration_db):
+    make_table(migration_db, "moved", 600)
+    with migration_db.connect() as first, migration_db.connect() as second:
+        store, job = claim_whole_table(first, "moved")
+        store.executor.run(job, 15, None)
+        store.executor.run(job, 15, None)
+        # another session (a worker that took the job over) runs two sub-batches of it: the first
+        # executor's idea of where the job resumes is now stale
+        other = prepare(second, tables.increment_migration("moved", "moved"), batch_size=100_000)
+        other.executor.run(job, 15, None)
+        moved_to = other.executor.run(job, 15, None).last_key
+        after = store.executor.run(job, 15, None)
+        assert int(after.first_key) > int(moved_to)
+        run_job(store, job, 15)
+
+    histogram = counter_histogram(migration_db, "moved")
+    assert set(histogram) == {(True, 1), (False, 0)}, histogram
+    (row,) = job_rows(migration_db, "moved")
+    assert row["rows_affected"] == histogram[(True, 1)]
+
+
+def test_a_statement_that_fails_after_prepared_ones_is_rolled_back_and_the_session_goes_on(migration_db):
+    make_table(migration_db, "failing", 600)
+    keys = in_scope_keys(migration_db, "failing")
+    poison = keys[150]  # well after psycopg has prepared the sub-batch's statements
+    with migration_db.connect() as conn:
+        store = prepare(conn, tables.poisoned_migration("failing", "failing", poison), batch_size=100_000)
+        _, job = store.jobs.claim(100_000, max_attempts=3)
+        assert job is not None
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            run_job(store, job, 10)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        # nothing of the failed sub-batch was kept: the job resumes right before it
+        (row,) = job_rows(migration_db, "failing")
+        resume = int(row["resume_key"])
+        assert keys.index(resume) == 149  # sub-batches of 10: keys[150:160] failed as one
+        applied = migration_db.execute("SELECT id FROM failing WHERE counter > 0 ORDER BY id")
+        assert [key for (key,) in applied] == [key for key in keys if key <= resume]
+        # the same session goes on with the same prepared statements once the key is out of scope
+        migration_db.execute(f"UPDATE failing SET tenant = 1 WHERE id = {poison}")
+        run_job(store, job, 10)
+
+    histogram = counter_histogram(migration_db, "failing")
+    assert set(histogram) == {(True, 1), (False, 0)}, histogram
