@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_walthrottle.flags import health_check_flag
-from airflow_provider_walthrottle.metrics import record_health, record_throttle, task_stats
+from airflow_provider_walthrottle.metrics import record_decision, task_stats
 from airflow_provider_walthrottle.wal.health import (
     OnUnavailable,
     evaluate_wal_archival,
     exact_count_limit,
-    may_proceed,
     parse_max_pending_segments,
 )
 
@@ -128,13 +127,9 @@ class HealthGate:
             return GateVerdict(checked=False, proceed=True)
         threshold = self.max_pending_segments
         health = evaluate_wal_archival(read_status(exact_up_to=exact_count_limit(threshold)), threshold)
-        stats = task_stats()
-        record_health(stats, health, conn_id=self.postgres_conn_id, actor=self.actor)
-        proceed = may_proceed(health, self.on_unavailable)
-        if not proceed:
-            record_throttle(
-                stats, conn_id=self.postgres_conn_id, actor=self.actor, reason=health.signal.value
-            )
+        proceed = record_decision(
+            task_stats(), health, self.on_unavailable, conn_id=self.postgres_conn_id, actor=self.actor
+        )
         return GateVerdict(checked=True, proceed=proceed, health=health)
 
     def trigger(

@@ -17,7 +17,8 @@ name                                             type     meaning
 ``walthrottle.batch_duration.<migration>``       timer    a batch's time in sub-batches
 ===============================================  =======  ==========================================
 
-``<actor>`` is the migration's name for the operator and the DAG id for a sensor.
+``<actor>`` is who asked the flag: the migration's name for the operator and for the sensor of a
+migration DAG, the DAG id for a sensor on its own.
 
 Tasks send through the Task SDK's stats module, which the task runner configures; triggers run in
 the triggerer, which configures Airflow's core one. :func:`task_stats` and :func:`triggerer_stats`
