@@ -10,14 +10,14 @@ runs at once: every range is applied exactly once, and runs past the end are ski
 
 from __future__ import annotations
 
-import datetime
+import pendulum
 
 from airflow_provider_walthrottle import batched_migration_dag
 
 # [START howto_migration_dag]
 dag = batched_migration_dag(
     dag_id="example_backfill_migration",
-    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     schedule="@daily",
     max_active_runs=4,
     postgres_conn_id="warehouse",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 
+import pendulum
 from airflow.sdk import DAG
 
 from airflow_provider_walthrottle import BatchedMigrationOperator, WalArchivalSensor
@@ -18,7 +19,7 @@ from airflow_provider_walthrottle import BatchedMigrationOperator, WalArchivalSe
 with DAG(
     dag_id="example_batched_migration",
     schedule=datetime.timedelta(minutes=5),
-    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["walthrottle", "example"],

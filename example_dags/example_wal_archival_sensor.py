@@ -7,8 +7,7 @@ while more than 42 segments wait for ``archive_command`` (and the flag
 
 from __future__ import annotations
 
-import datetime
-
+import pendulum
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.sdk import DAG
 
@@ -18,7 +17,7 @@ from airflow_provider_walthrottle import WalArchivalSensor
 with DAG(
     dag_id="example_wal_archival_sensor",
     schedule="@daily",
-    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["walthrottle", "example"],

@@ -40,7 +40,12 @@ from airflow_provider_walthrottle.exceptions import WalThrottleError
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
 from airflow_provider_walthrottle.migrations.catalog import MigrationNotFoundError, MigrationStatusError
 from airflow_provider_walthrottle.plugins import overview
-from airflow_provider_walthrottle.plugins.page import content_security_policy, render_page
+from airflow_provider_walthrottle.plugins.page import (
+    PAGE_TEMPLATE,
+    content_security_policy,
+    page_context,
+    templates,
+)
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -148,7 +153,7 @@ def create_app() -> FastAPI:
     ) -> HTMLResponse:
         threshold, connections, permissions = await read_overview_for(user, dag_id, run_id)
         flags = await run_in_threadpool(overview.read_flags)
-        html = render_page(
+        context = page_context(
             connections,
             flags,
             threshold=threshold,
@@ -158,8 +163,10 @@ def create_app() -> FastAPI:
             highlight=(conn_id, migration),
             filters={"DAG": dag_id or "", "run": (run_id or "") if dag_id else ""},
         )
-        return HTMLResponse(
-            html,
+        return templates.TemplateResponse(
+            request,
+            PAGE_TEMPLATE,
+            context,
             headers={"Cache-Control": "no-store", "Content-Security-Policy": content_security_policy()},
         )
 

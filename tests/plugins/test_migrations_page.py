@@ -6,14 +6,22 @@ finished after rows were deleted under it, one with a ``/`` in its name), and a 
 connection that points at a closed port. Airflow is a real api-server (only that component: the
 page needs no scheduler) with SimpleAuthManager and one user per role. One test starts a second
 api-server whose page also reads a server that accepts connections and never answers.
+
+Three time zones meet: the database's (``timezone``, in which PostgreSQL returns ``timestamptz``
+values), the processes' (UTC here) and Airflow's ``[core] default_timezone``, in which the page
+shows every time; each is a different one here, so a time shown in the wrong zone shows.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import datetime
 import html
+import html.parser
 import json
 import os
+import re
 import shutil
 import time
 import urllib.error
@@ -22,8 +30,10 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pendulum
 import pytest
 
+from airflow_provider_walthrottle.durations import format_duration
 from airflow_provider_walthrottle.flags import KILL_SWITCH_VARIABLE, WAL_HEALTH_FLAG
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
 from airflow_provider_walthrottle.migrations.runner import (
@@ -52,6 +62,8 @@ PAUSED = "users_cleanup"
 FINISHED = "events_backfill"  # its last rows were deleted while it ran
 SLASHED = "billing/invoices_cleanup"
 USERS = ("admin", "viewer", "user", "op")
+#: Airflow's ``[core] default_timezone`` for the page's api-server, and the database server's zone
+AIRFLOW_TIMEZONE, DATABASE_TIMEZONE = "Europe/Amsterdam", "Asia/Tokyo"
 ARTIFACTS = Path(os.environ.get("WALTHROTTLE_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
 
 
@@ -62,8 +74,11 @@ ARTIFACTS = Path(os.environ.get("WALTHROTTLE_TEST_ARTIFACTS", Path(__file__).par
 
 @pytest.fixture(scope="module")
 def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
-    """A cluster with 1 MB segments, two migrations in it, and 50 segments waiting (above 42)."""
-    cluster = pg_cluster_factory(name="ui", wal_segsize_mb=1)
+    """A cluster with 1 MB segments, two migrations in it, and 50 segments waiting (above 42).
+
+    Its ``timezone`` is neither UTC nor Airflow's, so it returns times in a zone the page must not show.
+    """
+    cluster = pg_cluster_factory(name="ui", wal_segsize_mb=1, extra_conf={"timezone": DATABASE_TIMEZONE})
     cluster.archive_one_segment()
     make_table(cluster, "orders", 3000)
     make_table(cluster, "users", 600)
@@ -117,7 +132,10 @@ def airflow_ui(database: PostgresCluster) -> Iterator[AirflowStandalone]:
         },
         components=["api-server"],
         config={
-            "core": {"simple_auth_manager_users": ",".join(f"{name}:{name}" for name in USERS)},
+            "core": {
+                "simple_auth_manager_users": ",".join(f"{name}:{name}" for name in USERS),
+                "default_timezone": AIRFLOW_TIMEZONE,
+            },
             "walthrottle": {"ui_connection_ids": f"{CONN_ID},{DOWN_CONN_ID}"},
         },
     )
@@ -340,6 +358,57 @@ def test_a_finished_migration_reads_100_percent_even_with_rows_deleted_under_it(
     status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["viewer"])
     row = page.split(f"id='migration-{CONN_ID}-{FINISHED}'")[1].split("</tr>")[0]
     assert "<em>100.0%</em>" in row
+
+
+def test_the_page_shows_every_time_in_airflows_default_timezone_with_the_zone(airflow_ui, tokens):
+    """The jobs' times, the chart's ends and the time the page was read, in ``[core] default_timezone``.
+
+    The database returns its times in its own zone (Asia/Tokyo here) and the api-server runs in UTC;
+    the page shows them in Europe/Amsterdam, and says which zone that is.
+    """
+    status, overview = call(airflow_ui, "GET", "/walthrottle/api/overview", token=tokens["viewer"])
+    assert status == 200
+    (throttled,) = [m for m in overview["connections"][0]["migrations"] if m["name"] == THROTTLED]
+    finished = [pendulum.parse(job["finished_at"]) for job in throttled["recent_jobs"]]
+    charted = [pendulum.parse(throttled["history"][index]["at"]) for index in (0, -1)]
+    # what the page has to convert: times in the database's zone
+    assert {moment.utcoffset() for moment in finished} == {pendulum.now(DATABASE_TIMEZONE).utcoffset()}
+
+    status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["viewer"])
+    assert status == 200
+    now = pendulum.now(AIRFLOW_TIMEZONE)
+    offset, zone = now.format("Z"), now.format("zz")  # +01:00 and CET (or +02:00 and CEST)
+    header = page.split("<h1>Batched migrations</h1>")[1].split("</div>")[0].strip()
+    read_at = rf"^<div class='muted'>Read <time datetime='[-0-9T:]+{re.escape(offset)}'>"
+    assert re.search(read_at, header), header
+    assert f" {zone}</time> (times in {AIRFLOW_TIMEZONE}, UTC{offset});" in header
+    details = page.split(f"<summary><b>{THROTTLED}</b>")[1].split("</details>")[0]
+    for moment in finished:
+        local = moment.in_timezone(AIRFLOW_TIMEZONE)
+        shown = rf"<time datetime='{re.escape(local.isoformat(timespec='seconds'))}'>"
+        shown += rf"(?:{local.format('YYYY-MM-DD')} )?{local.format('HH:mm:ss zz')}</time>"
+        assert re.search(shown, details), (shown, details)
+    for moment in charted:
+        assert f"{moment.in_timezone(AIRFLOW_TIMEZONE).format('HH:mm:ss zz')}</text>" in details
+    # the ETA is an estimate, and says so
+    row = page.split(f"id='migration-{CONN_ID}-{THROTTLED}'")[1].split("</tr>")[0]
+    assert "<td class='num'>about " in row, row
+
+
+HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>'\" x='&amp;"
+
+
+def test_a_hostile_variable_value_is_shown_as_text(airflow_ui, tokens):
+    try:
+        set_variable(airflow_ui, WAL_HEALTH_FLAG, HOSTILE)
+        status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["op"])
+        assert status == 200
+        assert page.count("<script") == 1 and "<img" not in page and HOSTILE not in page
+        row = page.split(f"<tr id='flag-{WAL_HEALTH_FLAG}'>")[1].split("</tr>")[0]
+        assert f"<td class='error'>{HOSTILE}</td>" in html.unescape(row)
+        assert parsed(page).scripts == 1 and not parsed(page).handlers
+    finally:
+        set_variable(airflow_ui, WAL_HEALTH_FLAG, "false")
 
 
 def test_only_roles_that_may_read_connections_see_a_failing_ones_host_database_and_login(airflow_ui, tokens):
@@ -625,3 +694,176 @@ def test_a_silent_server_costs_the_page_one_red_line_and_the_api_server_nothing(
             if os.environ.get("WALTHROTTLE_KEEP_AIRFLOW_HOME") != "1":
                 airflow.remove_home()
             assert not leftovers, f"processes left behind: {leftovers}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the templates, rendered in-process (no api-server): escaping, times and durations
+# --------------------------------------------------------------------------------------------------
+
+
+class ParsedPage(html.parser.HTMLParser):
+    """The elements a browser would build from the page: which tags, scripts and event handlers."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.scripts = 0
+        self.handlers: list[tuple[str, str]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.scripts += tag == "script"
+        self.handlers += [(tag, name) for name, _ in attrs if name.startswith("on")]
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parsed(page: str) -> ParsedPage:
+    parser = ParsedPage()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def hostile_page_data(text: str) -> tuple[list[Any], list[Any]]:
+    """Connections and flags with ``text`` in every string the page shows."""
+    from airflow_provider_walthrottle.migrations.catalog import HistoryPoint, JobSummary, MigrationSummary
+    from airflow_provider_walthrottle.plugins.overview import ConnectionOverview, FlagView
+    from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus, BacklogMethod
+    from airflow_provider_walthrottle.wal.health import HealthSignal, Signal
+
+    at = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    status = ArchiverStatus(
+        pending_segments=50,
+        pending_bytes=50 << 20,
+        method=BacklogMethod.EXACT,
+        archive_mode="on",
+        wal_segment_size=1 << 20,
+        in_recovery=False,
+        current_wal_file=None,
+        archived_count=1,
+        failed_count=0,
+        last_failed_wal=None,
+        last_failed_time=None,
+        last_archived_wal=None,
+        last_archived_time=None,
+        is_failing=False,
+    )
+    job = JobSummary(
+        id=1,
+        start_key=text,
+        end_key=text,
+        planned_keys=100,
+        status=text,
+        attempts=1,
+        rows_affected=100,
+        keys_done=100,
+        duration_seconds=0.3,
+        wal_bytes=1,
+        pending_segments=3,
+        dag_id=text,
+        run_id=text,
+        try_number=1,
+        last_error=text,
+        started_at=at,
+        finished_at=at,
+    )
+    history = tuple(HistoryPoint(at + datetime.timedelta(minutes=i), 100, 3 + i, 100, 0.3) for i in range(2))
+    migration = MigrationSummary(
+        name=text,
+        table_schema=text,
+        table_name=text,
+        column_name=text,
+        status="paused",
+        total_keys=1000,
+        cursor_key=text,
+        batch_size=100,
+        rows_per_second=10.0,
+        throttled_seconds=0.0,
+        throttled_since=None,
+        last_error=text,
+        created_at=at,
+        updated_at=at,
+        finished_at=None,
+        rows_affected=100,
+        keys_done=100,
+        active_seconds=8.0,
+        jobs_succeeded=1,
+        jobs_open=0,
+        read_at=at,
+        recent_jobs=(job,),
+        history=history,
+    )
+    health = HealthSignal(Signal.STOP, text, status, 42)
+    connections = [
+        ConnectionOverview(conn_id=text, health=health, migrations=(migration,)),
+        ConnectionOverview(conn_id=text, health=None, error=text),
+    ]
+    flags = [FlagView(key=text, description=text, default=False, raw=text, enabled=None, state=text)]
+    return connections, flags
+
+
+def render(connections: list[Any], flags: list[Any], **options: Any) -> str:
+    from airflow_provider_walthrottle.plugins.page import render_page
+
+    settings: dict[str, Any] = {
+        "threshold": 42,
+        "api_base": "/walthrottle/api",
+        "can_pause": True,
+        "can_toggle_flags": True,
+    }
+    return render_page(connections, flags, **{**settings, **options})
+
+
+def test_every_value_from_a_database_or_a_variable_is_escaped():
+    connections, flags = hostile_page_data(HOSTILE)
+    page = render(connections, flags, highlight=(HOSTILE, HOSTILE), filters={"DAG": HOSTILE, "run": HOSTILE})
+    elements = parsed(page)
+    assert elements.scripts == 1 and "img" not in elements.tags and not elements.handlers
+    assert HOSTILE not in page
+    # shown as text: the migration's name, table, keys, error, the reason, the flag, the filters ...
+    assert "".join(elements.text).count(HOSTILE) >= 15
+    # ... and in the buttons' URLs, percent-encoded
+    quoted = urllib.parse.quote(HOSTILE, safe="")
+    resume = f"data-url='/walthrottle/api/connections/{quoted}/migrations/{quoted}/resume'"
+    assert resume in html.unescape(page)
+
+
+@pytest.mark.parametrize(
+    ("configured", "zone", "shown"),
+    [
+        ("Europe/Amsterdam", "Europe/Amsterdam, UTC+01:00", "13:00:00 CET"),
+        ("America/New_York", "America/New_York, UTC-05:00", "07:00:00 EST"),
+        ("utc", "UTC", "12:00:00 UTC"),
+        ("not/a_zone", "UTC", "12:00:00 UTC"),  # as Airflow reads it: UTC
+    ],
+)
+def test_times_are_shown_in_the_configured_zone_with_the_zone(monkeypatch, configured, zone, shown):
+    from airflow_provider_walthrottle.plugins.timefmt import TimeDisplay
+
+    monkeypatch.setenv("AIRFLOW__CORE__DEFAULT_TIMEZONE", configured)
+    noon = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    times = TimeDisplay.configured(now=noon)
+    assert times.zone == zone
+    assert times.short(noon) == shown
+    assert times.short(noon - datetime.timedelta(days=2)) == f"2025-12-30 {shown}"
+    tokyo = noon.astimezone(datetime.timezone(datetime.timedelta(hours=9)))  # as a database returns it
+    assert times.short(tokyo) == shown
+    page = render(*hostile_page_data("x"), times=times)
+    assert f"<time datetime='{times.iso(noon)}'>{times.full(noon)}</time> (times in {zone});" in page
+    assert f"<time datetime='{times.iso(noon)}'>{shown}</time>" in page  # the job's finish
+
+
+def test_durations_on_the_page_come_from_one_function():
+    connections, flags = hostile_page_data("x")
+    row = render(connections, flags).split("id='migration-x-x'")[1].split("</tr>")[0]
+    eta = connections[0].migrations[0].eta_seconds
+    assert eta is None  # paused: no ETA
+    assert "<td class='num'>-</td>" in row
+    running = dataclasses.replace(connections[0].migrations[0], status="active")
+    connections[0] = dataclasses.replace(connections[0], migrations=(running,))
+    row = render(connections, flags).split("id='migration-x-x'")[1].split("</tr>")[0]
+    assert f"<td class='num'>{format_duration(running.eta_seconds, estimate=True)}</td>" in row
+    assert "<td class='num'>about 1 min</td>" in row  # 900 keys left at 12.5 keys/s: 72 s
