@@ -35,7 +35,10 @@ from typing import Any
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "AUTOVACUUM_HEALTH_FLAG",
     "KILL_SWITCH_VARIABLE",
+    "REPLICATION_LAG_HEALTH_FLAG",
+    "REPLICATION_SLOTS_HEALTH_FLAG",
     "WAL_HEALTH_FLAG",
     "FeatureFlag",
     "FlagState",
@@ -50,6 +53,16 @@ log = logging.getLogger(__name__)
 
 WAL_HEALTH_FLAG = "batched_migrations_health_status_wal"
 """Variable key of the flag that makes batched migrations throttle on the WAL archival backlog."""
+
+REPLICATION_LAG_HEALTH_FLAG = "batched_migrations_health_status_replication_lag"
+"""Variable key of the flag that makes batched migrations throttle on streaming standbys' lag."""
+
+REPLICATION_SLOTS_HEALTH_FLAG = "batched_migrations_health_status_replication_slots"
+"""Variable key of the flag that makes batched migrations throttle on the WAL replication slots retain."""
+
+AUTOVACUUM_HEALTH_FLAG = "batched_migrations_health_status_autovacuum"
+"""Variable key of the flag that makes batched migrations wait while autovacuum works on their table
+(GitLab's own name for the same indicator)."""
 
 KILL_SWITCH_VARIABLE = "execute_batched_migrations_on_schedule"
 """Variable key of the kill switch (on by default): off, every batched migration waits or skips."""

@@ -4,14 +4,18 @@ Nothing is sent unless ``[metrics] statsd_on`` (or ``otel_on``) is set: Airflow'
 drops every call otherwise. As with Airflow's own ``pool.open_slots.<pool>``, each name ends with
 what it is about, the connection or the migration (characters StatsD does not allow become ``_``),
 so plain StatsD keeps them apart; the same values also go as tags (``conn_id``, ``actor``,
-``reason``) for backends that take tags.
+``indicator``, ``reason``) for backends that take tags. This module only records: what stops a
+migration is decided by the gate (:mod:`airflow_provider_walthrottle.gate`).
 
 ===============================================  =======  ==========================================
 name                                             type     meaning
 ===============================================  =======  ==========================================
 ``walthrottle.wal.pending_segments.<conn_id>``   gauge    segments waiting for ``archive_command``
 ``walthrottle.wal.threshold.<conn_id>``          gauge    the threshold the backlog was compared with
-``walthrottle.throttle_events.<actor>``          counter  a check that stopped a sensor or migration
+``walthrottle.<indicator>.<value>.<conn_id>``    gauge    another indicator's measurement, e.g.
+                                                          ``replication_lag.max_replay_lag_seconds``
+``walthrottle.throttle_events.<actor>``          counter  a check that stopped a sensor or migration,
+                                                          tagged with the ``indicator`` that stopped it
 ``walthrottle.batches.<migration>``              counter  batches completed
 ``walthrottle.rows.<migration>``                 counter  rows the migration's ``batch_sql`` affected
 ``walthrottle.batch_duration.<migration>``       timer    a batch's time in sub-batches
@@ -32,7 +36,9 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_provider_walthrottle.wal.health import HealthSignal, OnUnavailable
+    from collections.abc import Sequence
+
+    from airflow_provider_walthrottle.indicators.base import Reading
 
 PREFIX = "walthrottle"
 PENDING_SEGMENTS = f"{PREFIX}.wal.pending_segments"
@@ -41,6 +47,12 @@ THROTTLE_EVENTS = f"{PREFIX}.throttle_events"
 BATCHES = f"{PREFIX}.batches"
 ROWS = f"{PREFIX}.rows"
 BATCH_DURATION = f"{PREFIX}.batch_duration"
+
+#: Gauges of the WAL archival backlog keep the names they had before the other indicators.
+_GAUGE_NAMES = {
+    ("wal_archival", "pending_segments"): PENDING_SEGMENTS,
+    ("wal_archival", "max_pending_segments"): THRESHOLD,
+}
 
 _INVALID_CHARACTERS = re.compile(r"[^a-zA-Z0-9_.-]")
 
@@ -51,7 +63,7 @@ def task_stats() -> Any:
         from airflow.sdk.observability import stats
     except ImportError:  # Airflow 3.1 had one stats module for every process
         return _legacy_stats()
-    return stats
+    return _functions_of(stats)
 
 
 def triggerer_stats() -> Any:
@@ -60,7 +72,12 @@ def triggerer_stats() -> Any:
         from airflow.observability import stats
     except ImportError:  # Airflow 3.1 had one stats module for every process
         return _legacy_stats()
-    return stats
+    return _functions_of(stats)
+
+
+def _functions_of(stats: Any) -> Any:
+    """Return what has ``gauge``, ``incr`` and ``timing``: the module (3.3), or its ``Stats`` class (3.2)."""
+    return stats if hasattr(stats, "gauge") else stats.Stats
 
 
 def _legacy_stats() -> Any:
@@ -69,51 +86,43 @@ def _legacy_stats() -> Any:
     return Stats
 
 
-def record_health(stats: Any, health: HealthSignal, *, conn_id: str, actor: str | None) -> None:
-    """Send the backlog a check saw, and a throttle event when it stopped the caller.
+def record_readings(stats: Any, readings: Sequence[Reading], *, conn_id: str, actor: str | None) -> None:
+    """Send each numeric measurement of a check as a gauge per connection.
+
+    The WAL archival backlog keeps its names (:data:`PENDING_SEGMENTS`, :data:`THRESHOLD`); any
+    other value goes as ``walthrottle.<indicator>.<value>.<conn_id>``, e.g.
+    ``walthrottle.replication_lag.max_replay_lag_seconds.warehouse``. A value that could not be
+    measured is not sent.
 
     :param stats: the stats module, from :func:`task_stats` or :func:`triggerer_stats`.
-    :param health: the evaluated check.
-    :param conn_id: the Airflow connection it was made on.
+    :param readings: the readings of one check.
+    :param conn_id: the Airflow connection they were read on.
     :param actor: the migration or DAG that asked.
     """
     tags = _tags(conn_id=conn_id, actor=actor)
-    if health.status.pending_segments is not None:
-        stats.gauge(metric_name(PENDING_SEGMENTS, conn_id), health.status.pending_segments, tags=tags)
-    stats.gauge(metric_name(THRESHOLD, conn_id), health.max_pending_segments, tags=tags)
+    for reading in readings:
+        for value_name, value in reading.values.items():
+            if value is None:
+                continue
+            base = _GAUGE_NAMES.get(
+                (reading.indicator, value_name), f"{PREFIX}.{reading.indicator}.{value_name}"
+            )
+            stats.gauge(metric_name(base, conn_id), value, tags={**tags, "indicator": reading.indicator})
 
 
-def record_decision(
-    stats: Any, health: HealthSignal, on_unavailable: OnUnavailable, *, conn_id: str, actor: str | None
-) -> bool:
-    """Decide whether the caller may go on, sending the backlog and, if it stops, a throttle event.
-
-    :param stats: the stats module, from :func:`task_stats`.
-    :param health: the evaluated check.
-    :param on_unavailable: what "not available" and "unknown" mean.
-    :param conn_id: the Airflow connection the check was made on.
-    :param actor: the migration or DAG that asked.
-    :raises HealthUnavailableError: as :func:`~airflow_provider_walthrottle.wal.health.may_proceed`.
-    """
-    from airflow_provider_walthrottle.wal.health import may_proceed
-
-    record_health(stats, health, conn_id=conn_id, actor=actor)
-    proceed = may_proceed(health, on_unavailable)
-    if not proceed:
-        record_throttle(stats, conn_id=conn_id, actor=actor, reason=health.signal.value)
-    return proceed
-
-
-def record_throttle(stats: Any, *, conn_id: str, actor: str | None, reason: str) -> None:
-    """Count a check that stopped a sensor or a migration.
+def record_throttle(
+    stats: Any, *, conn_id: str, actor: str | None, reason: str, indicator: str = "wal_archival"
+) -> None:
+    """Count a check that stopped a sensor or a migration, tagged with the indicator that stopped it.
 
     :param stats: the stats module, from :func:`task_stats` or :func:`triggerer_stats`.
     :param conn_id: the Airflow connection it was made on.
     :param actor: the migration or DAG that was stopped.
-    :param reason: ``stop`` (backlog above the threshold), ``unknown``, ``not_available`` or
-        ``headroom`` (too little room below the threshold for the smallest batch).
+    :param reason: the signal, ``stop``, ``unknown`` or ``not_available``, or ``headroom`` (too
+        little room under a WAL bound for the smallest batch).
+    :param indicator: the indicator that stopped it, e.g. ``replication_lag``.
     """
-    tags = {**_tags(conn_id=conn_id, actor=actor), "reason": reason}
+    tags = {**_tags(conn_id=conn_id, actor=actor), "reason": reason, "indicator": indicator}
     stats.incr(metric_name(THROTTLE_EVENTS, actor or conn_id), tags=tags)
 
 

@@ -1,11 +1,12 @@
 """The batching core driven as ``BatchedMigrationOperator`` drives it, for the benchmarks.
 
 The operator is the Airflow face of :func:`~airflow_provider_walthrottle.migrations.batch.run_batch`:
-per task it builds the run settings from its arguments, checks the WAL behind the feature flag
-(the flag Variable read at each check, the metrics sent), runs one batch, and on a done batch sends
-the batch's metrics and logs its line; the WAL check is its
-:class:`~airflow_provider_walthrottle.gate.HealthGate`. The functions here do the same through the
-public core, so that a benchmark measures what a task does, without a scheduler.
+per task it builds the run settings from its arguments, checks the health indicators behind their
+feature flags (the flag Variables read at each check, the metrics sent), runs one batch, and on a
+done batch sends the batch's metrics and logs its line; the check is its
+:class:`~airflow_provider_walthrottle.gate.HealthGate`, with the default indicators. The functions
+here do the same through the public core, so that a benchmark measures what a task does, without a
+scheduler.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import functools
 import logging
 from typing import TYPE_CHECKING
 
-from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
-from airflow_provider_walthrottle.gate import HealthGate
+from airflow_provider_walthrottle.gate import HealthGate, default_indicators
+from airflow_provider_walthrottle.indicators.base import read_indicators
+from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalIndicator
 from airflow_provider_walthrottle.metrics import record_batch, task_stats
 from airflow_provider_walthrottle.migrations.batch import BatchDone, NextStep, run_batch
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
 from airflow_provider_walthrottle.migrations.runner import HealthVerdict, RunSettings
 from airflow_provider_walthrottle.wal.health import OnUnavailable
-from airflow_provider_walthrottle.wal.queries import read_archiver_status
 
 if TYPE_CHECKING:
     from airflow_provider_walthrottle.migrations.store import MigrationStore
@@ -44,19 +45,19 @@ def operator_settings(*, batch_size: int, sub_batch_size: int, threshold: int) -
 
 
 def operator_gate(store: MigrationStore, settings: RunSettings, *, conn_id: str) -> HealthGate:
-    """Return the WAL check of an operator with the defaults: the flag Variable's, ``on_unavailable="wait"``.
+    """Return an operator's health check with the defaults: each indicator behind its flag, wait if unknown.
 
     :param store: the migration's store; the migration's name is the flag's actor.
     :param settings: from :func:`operator_settings`.
     :param conn_id: the Airflow connection the metrics and the trigger name.
     """
+    wal = WalArchivalIndicator(max_pending_segments=settings.max_pending_segments)
     return HealthGate(
         postgres_conn_id=conn_id,
-        max_pending_segments=settings.max_pending_segments,
-        flag_variable=WAL_HEALTH_FLAG,
-        flag_default=False,
+        indicators=default_indicators(wal),
         on_unavailable=OnUnavailable.WAIT,
         actor=store.definition.name,
+        table=store.definition.table,
     )
 
 
@@ -68,11 +69,10 @@ def operator_task(store: MigrationStore, settings: RunSettings, *, conn_id: str)
     :param conn_id: the Airflow connection the metrics name.
     """
     gate = operator_gate(store, settings, conn_id=conn_id)
-    read_status = functools.partial(read_archiver_status, store.conn)
+    read = functools.partial(read_indicators, store.conn)
 
     def check() -> HealthVerdict:
-        verdict = gate.check(read_status)
-        return HealthVerdict(proceed=verdict.proceed, health=verdict.health)
+        return HealthVerdict.from_gate(gate.check(read))
 
     step = run_batch(store, settings, check, log=TASK_LOG.debug)
     if isinstance(step, BatchDone):

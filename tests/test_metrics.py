@@ -18,10 +18,11 @@ from airflow.sdk import DAG
 from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
 
 from airflow_provider_walthrottle import BatchedMigrationOperator
+from airflow_provider_walthrottle.indicators.wal_archival import wal_archival_reading
 from airflow_provider_walthrottle.metrics import (
     metric_name,
     record_batch,
-    record_health,
+    record_readings,
     record_throttle,
     task_stats,
     triggerer_stats,
@@ -51,11 +52,17 @@ def sending_to_statsd(kind: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
         else:
             from airflow.observability.metrics import stats_utils
         stats = task_stats() if kind == "task" else triggerer_stats()
-        stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=False)
+        if isinstance(stats, type):  # Airflow 3.2: the Stats class, with no legacy names to export
+            stats.initialize(factory=stats_utils.get_stats_factory(stats))
+        else:
+            stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=False)
         try:
             yield stats, listener
         finally:
-            stats.initialize(factory=NoStatsLogger, export_legacy_names=False)
+            if isinstance(stats, type):
+                stats.initialize(factory=NoStatsLogger)
+            else:
+                stats.initialize(factory=NoStatsLogger, export_legacy_names=False)
 
 
 @pytest.fixture(params=["task", "triggerer"])
@@ -90,9 +97,13 @@ def status(pending: int | None) -> ArchiverStatus:
     )
 
 
+def reading(pending, threshold):
+    return wal_archival_reading(evaluate_wal_archival(status(pending), threshold))
+
+
 def test_a_check_sends_the_backlog_and_the_threshold_as_gauges_per_connection(statsd):
     stats, listener = statsd
-    record_health(stats, evaluate_wal_archival(status(57), 42), conn_id="warehouse", actor="my_dag")
+    record_readings(stats, [reading(57, 42)], conn_id="warehouse", actor="my_dag")
     lines = listener.wait_for(lambda lines: len(lines) == 2, prefix="airflow.walthrottle.")
     assert sorted(lines) == [
         "airflow.walthrottle.wal.pending_segments.warehouse:57|g",
@@ -102,7 +113,7 @@ def test_a_check_sends_the_backlog_and_the_threshold_as_gauges_per_connection(st
 
 def test_an_unknown_backlog_sends_no_pending_gauge(statsd):
     stats, listener = statsd
-    record_health(stats, evaluate_wal_archival(status(None), 42), conn_id="warehouse", actor=None)
+    record_readings(stats, [reading(None, 42)], conn_id="warehouse", actor=None)
     lines = listener.wait_for(bool, prefix="airflow.walthrottle.")
     assert lines == ["airflow.walthrottle.wal.threshold.warehouse:42|g"]
 
@@ -159,15 +170,18 @@ def test_the_operator_sends_its_batch_and_backlog_metrics(task_statsd, monkeypat
     assert not any("throttle_events" in line for line in lines)
 
 
-def test_a_decision_to_stop_is_counted_and_one_to_go_on_is_not(statsd):
-    from airflow_provider_walthrottle.metrics import record_decision
+def test_the_gate_counts_a_check_that_stops_tagged_with_its_indicator(task_statsd, monkeypatch):
+    """The gate decides and the metrics record; the readings come from a function standing in for the
+    database, as in production the hook's ``read_indicators`` gives them."""
+    from airflow_provider_walthrottle.gate import HealthGate
+    from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalIndicator
     from airflow_provider_walthrottle.wal.health import OnUnavailable
 
-    stats, listener = statsd
-    stop = evaluate_wal_archival(status(43), 42)
-    go_on = evaluate_wal_archival(status(42), 42)
-    assert record_decision(stats, stop, OnUnavailable.WAIT, conn_id="warehouse", actor="m") is False
-    assert record_decision(stats, go_on, OnUnavailable.WAIT, conn_id="warehouse", actor="m") is True
+    _, listener = task_statsd
+    monkeypatch.setenv("AIRFLOW_VAR_BATCHED_MIGRATIONS_HEALTH_STATUS_WAL", "true")
+    gate = HealthGate("warehouse", (WalArchivalIndicator(),), OnUnavailable.WAIT, actor="m")
+    assert gate.check(lambda indicators, context: [reading(43, 42)]).proceed is False
+    assert gate.check(lambda indicators, context: [reading(42, 42)]).proceed is True
     lines = listener.wait_for(lambda lines: len(lines) == 5, prefix="airflow.walthrottle.")
     events = [line for line in lines if "throttle_events" in line]
     assert events == ["airflow.walthrottle.throttle_events.m:1|c"]

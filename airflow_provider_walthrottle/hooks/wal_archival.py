@@ -1,4 +1,4 @@
-"""The hook that measures PostgreSQL's WAL archival backlog."""
+"""The hook that measures PostgreSQL's health: the WAL archival backlog and the other indicators."""
 
 from __future__ import annotations
 
@@ -23,17 +23,19 @@ from airflow_provider_walthrottle.exceptions import (
     first_line,
     hide_password,
 )
+from airflow_provider_walthrottle.indicators.base import aread_indicator, read_indicator
 from airflow_provider_walthrottle.wal.queries import (
     archiver_status_conversation,
     read_archiver_status,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Iterator, Sequence
 
     from airflow.sdk import Connection
 
     from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
+    from airflow_provider_walthrottle.indicators.base import HealthIndicator, IndicatorContext, Reading
     from airflow_provider_walthrottle.migrations.catalog import MigrationSummary
     from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus
 
@@ -269,6 +271,55 @@ class WalArchivalHook(PostgresHook):
             except psycopg.Error as error:
                 raise self._query_error(error) from None
 
+    def read_indicators(
+        self,
+        indicators: Sequence[HealthIndicator],
+        context: IndicatorContext,
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[Reading]:
+        """Read health indicators, each in a transaction of its own, on one connection.
+
+        :param indicators: what to read, e.g. a :class:`~airflow_provider_walthrottle.gate.HealthGate`'s.
+        :param context: what the indicators may need (the migrated table, the next batch's WAL).
+        :param conn: an open connection in autocommit mode (a migration's own); by default a
+            read-only connection is opened and closed.
+        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
+        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
+        :raises InsufficientPrivilegeError: if the role may not run an indicator's query at all.
+        """
+        if conn is None:
+            with self.connect(read_only=True) as own:
+                return self.read_indicators(indicators, context, conn=own)
+        readings = []
+        for indicator in indicators:
+            try:
+                readings.append(read_indicator(conn, indicator, context))
+            except psycopg.Error as error:  # named by indicator: read_indicators() would not say which
+                raise self._query_error(error, indicator) from None
+        return readings
+
+    async def aread_indicators(
+        self, indicators: Sequence[HealthIndicator], context: IndicatorContext
+    ) -> list[Reading]:
+        """Read health indicators as :meth:`read_indicators` does, on an ``AsyncConnection``.
+
+        :param indicators: what to read.
+        :param context: what the indicators may need.
+        :raises ConnectionNotDefinedError: if the Airflow connection does not exist.
+        :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
+        :raises InsufficientPrivilegeError: if the role may not run an indicator's query at all.
+        """
+        readings = []
+        async with self._async_read_only_connection() as conn:
+            await conn.set_autocommit(True)
+            for indicator in indicators:
+                try:
+                    readings.append(await aread_indicator(conn, indicator, context))
+                except psycopg.Error as error:
+                    raise self._query_error(error, indicator) from None
+        return readings
+
     # -- moved to BatchedMigrationHook; these names stay for one release --------------------------
 
     def get_migrations(self, **filters: Any) -> list[MigrationSummary]:
@@ -329,22 +380,27 @@ class WalArchivalHook(PostgresHook):
         finally:
             await conn.close()
 
-    def _query_error(self, error: psycopg.Error) -> DatabaseQueryError | InsufficientPrivilegeError:
-        """Turn a failed query into one line that names the connection and what to do."""
+    def _query_error(
+        self, error: psycopg.Error, indicator: HealthIndicator | None = None
+    ) -> DatabaseQueryError | InsufficientPrivilegeError:
+        """Turn a failed query into one line that names the connection, what was read, and what to do."""
+        what = "the WAL archiver state"
+        needs = (
+            "it needs SELECT on pg_catalog.pg_stat_archiver (granted to PUBLIC by default) and, for "
+            "the exact count, pg_monitor"
+        )
+        if indicator is not None and indicator.name != "wal_archival":
+            what = f"the {indicator.name.replace('_', ' ')} indicator's statistics"
+            needs = f"grant it pg_monitor (GRANT pg_monitor TO <role>) or turn {indicator.flag_variable} off"
         if isinstance(error, psycopg.errors.InsufficientPrivilege):
             login = self._get_airflow_connection().login
-            needs = (
-                "it needs SELECT on pg_catalog.pg_stat_archiver (granted to PUBLIC by default) and, for "
-                "the exact count, pg_monitor"
-            )
             return InsufficientPrivilegeError(
-                f"Role '{login}' of connection '{self.conn_id}' may not read the WAL archiver state: "
+                f"Role '{login}' of connection '{self.conn_id}' may not read {what}: "
                 f"{first_line(error)}; {needs}",
-                public=f"The role of connection '{self.conn_id}' may not read the WAL archiver state: "
+                public=f"The role of connection '{self.conn_id}' may not read {what}: "
                 f"{first_line(error)}; {needs}",
             )
         return DatabaseQueryError(
-            f"Reading the WAL archiver state with {self.describe_target()} failed: {first_line(error)}",
-            public=f"Reading the WAL archiver state with {self.describe_target(public=True)} failed: "
-            f"{first_line(error)}",
+            f"Reading {what} with {self.describe_target()} failed: {first_line(error)}",
+            public=f"Reading {what} with {self.describe_target(public=True)} failed: {first_line(error)}",
         )

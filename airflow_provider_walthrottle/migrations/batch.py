@@ -205,7 +205,7 @@ def _wait(result: BatchResult, threshold: int) -> WaitForBacklog | WaitFixedTime
         return WaitForBacklog(threshold, f"throttled: {reason}", result)
     # the backlog is below the threshold, but not by enough for the smallest batch
     reason = f"throttled: {decision.describe()}"
-    if decision.policy is None or health is None:
+    if decision.policy is None or health is None or decision.limited_by == "replication":
         return WaitFixedTime(reason, result, headroom=True)
     at_most = backlog_for_min_batch(
         decision.policy.min_batch_size,

@@ -10,7 +10,9 @@ bound:
    threshold: with ``pending_segments`` waiting for ``archive_command`` and a threshold of
    ``max_pending_segments``, a batch may write at most
    ``(max_pending_segments - pending_segments) * wal_segment_size`` bytes, which is that many bytes
-   divided by the (EWMA of the) WAL bytes per row.
+   divided by the (EWMA of the) WAL bytes per row. The same holds under the replication headroom
+   (``replication_headroom_bytes``: the WAL that replication slots may still retain, and standbys
+   may still fall behind by, before they stop migrations).
 3. **Smoothing.** Grow by at most :attr:`BatchSizePolicy.max_growth` times the current size per
    step; shrink at once.
 4. **Clamp** to ``[min_batch_size, max_batch_size]``. The WAL bound alone may go below
@@ -57,7 +59,7 @@ __all__ = [
 DEFAULT_ALPHA = 0.3
 
 #: The values of :attr:`BatchSizeDecision.limited_by`; a decision refuses any other.
-LIMITS = ("time", "wal", "growth", "min", "max", "initial")
+LIMITS = ("time", "wal", "replication", "growth", "min", "max", "initial")
 
 
 def _ewma(previous: float | None, sample: float, alpha: float) -> float:
@@ -195,6 +197,8 @@ class BatchSizeDecision:
     :param headroom_segments: ``max_pending_segments - pending_segments``; ``None`` if unknown.
     :param estimate: the throughput estimate the decision used.
     :param policy: the policy the decision used.
+    :param replication_headroom_bytes: the WAL replication slots and standbys allowed; ``None`` if they
+        set no bound.
     """
 
     size: int
@@ -206,6 +210,7 @@ class BatchSizeDecision:
     headroom_segments: int | None = None
     estimate: ThroughputEstimate | None = None
     policy: BatchSizePolicy | None = None
+    replication_headroom_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.limited_by not in LIMITS:
@@ -250,6 +255,12 @@ class BatchSizeDecision:
             if self.must_wait and policy is not None:
                 reason += f", below min_batch_size {policy.min_batch_size}"
             return reason
+        if self.limited_by == "replication":
+            per_row = estimate.wal_bytes_per_row if estimate is not None else None
+            reason = f"replication allows {self.replication_headroom_bytes} more WAL bytes"
+            if per_row is not None:
+                reason += f", {self.size} rows at {_number(per_row)} WAL bytes/row"
+            return reason
         if self.limited_by == "time":
             if policy is None or estimate is None or estimate.rows_per_second is None:
                 return f"time target asks {self.by_time}"
@@ -275,6 +286,7 @@ def next_batch_size(
     pending_segments: int | None,
     max_pending_segments: int,
     wal_segment_size: int,
+    replication_headroom_bytes: int | None = None,
 ) -> BatchSizeDecision:
     """Decide how many rows the next batch should process.
 
@@ -287,6 +299,9 @@ def next_batch_size(
     :param pending_segments: WAL segments waiting for ``archive_command`` now; ``None`` when the
         backlog is unknown, not applicable or not watched, which removes the WAL bound.
     :param max_pending_segments: the backlog threshold the migration must stay at or below.
+    :param replication_headroom_bytes: the WAL that replication allows before it would stop the
+        migration (a slot's retention threshold or ``safe_wal_size``, a standby's lag in bytes);
+        ``None`` for no bound. A batch is sized under it as under the archival headroom.
     :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
     :raises ValueError: if ``current_size`` is negative, or if the backlog is given with a negative
         count, threshold or segment size.
@@ -319,6 +334,10 @@ def next_batch_size(
         by_wal = wal_row_bound(headroom_segments, wal_segment_size, estimate.wal_bytes_per_row)
         if by_wal is not None and by_wal < size:
             size, limited_by = by_wal, "wal"
+    if replication_headroom_bytes is not None:
+        by_replication = wal_row_bound(1, max(replication_headroom_bytes, 0), estimate.wal_bytes_per_row)
+        if by_replication is not None and by_replication < size:
+            size, limited_by = by_replication, "replication"
 
     return BatchSizeDecision(
         size=size,
@@ -330,4 +349,5 @@ def next_batch_size(
         headroom_segments=headroom_segments,
         estimate=estimate,
         policy=policy,
+        replication_headroom_bytes=replication_headroom_bytes,
     )

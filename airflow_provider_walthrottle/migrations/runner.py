@@ -45,6 +45,7 @@ from airflow_provider_walthrottle.migrations.store import MigrationStore
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from airflow_provider_walthrottle.gate import GateVerdict
     from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
     from airflow_provider_walthrottle.wal.health import HealthSignal
 
@@ -54,11 +55,25 @@ class HealthVerdict:
     """What the caller's health check decided.
 
     :param proceed: whether the migration may write now.
-    :param health: the evaluated signal, or ``None`` when the check is off (flag off).
+    :param health: the WAL archival backlog's signal, or ``None`` when it was not read (flag off).
+    :param replication_headroom_bytes: the WAL that replication slots and standbys allow before they
+        stop the migration (see :attr:`GateVerdict.replication_headroom_bytes
+        <airflow_provider_walthrottle.gate.GateVerdict.replication_headroom_bytes>`), or ``None``.
     """
 
     proceed: bool
     health: HealthSignal | None = None
+    replication_headroom_bytes: int | None = None
+
+    @classmethod
+    def from_gate(cls, verdict: GateVerdict) -> HealthVerdict:
+        """Return what the batch needs of a check of the health gate.
+
+        :param verdict: from :meth:`HealthGate.check <airflow_provider_walthrottle.gate.HealthGate.check>`.
+        """
+        return cls(
+            verdict.proceed, verdict.health, replication_headroom_bytes=verdict.replication_headroom_bytes
+        )
 
     def recheck_due(self, wal_bytes_since: int, seconds_since: float, *, recheck_seconds: float) -> bool:
         """Whether to check the backlog again before the next sub-batch, rather than trust this count.
@@ -66,7 +81,8 @@ class HealthVerdict:
         This count is trusted only when it was a number under which the migration went on, it is
         younger than ``recheck_seconds``, and the WAL written since cannot have completed enough
         segments to pass the threshold it was compared with (see
-        :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`). That WAL is what
+        :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), nor more than the
+        replication headroom (slots, standbys' lag). That WAL is what
         the server wrote during this migration's statements (other sessions' included); what others
         write between two sub-batches is not seen, which the re-check every ``recheck_seconds``
         bounds.
@@ -78,6 +94,8 @@ class HealthVerdict:
         health = self.health
         if not self.proceed or health is None or seconds_since >= recheck_seconds:
             return True
+        if self.replication_headroom_bytes is not None and wal_bytes_since >= self.replication_headroom_bytes:
+            return True  # the replication bound may be passed
         status = health.status
         if status.pending_segments is None or status.wal_segment_size <= 0:
             return True
@@ -241,6 +259,7 @@ def run_one_batch(
         pending_segments=status.pending_segments if status is not None else None,
         max_pending_segments=settings.max_pending_segments,
         wal_segment_size=status.wal_segment_size if status is not None else 16 * 1024 * 1024,
+        replication_headroom_bytes=verdict.replication_headroom_bytes,
     )
     if decision.must_wait:
         log(decision.describe())

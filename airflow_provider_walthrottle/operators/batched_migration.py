@@ -34,14 +34,15 @@ from airflow_provider_walthrottle.wal.health import (
 # psycopg, the hook and the batching core are imported where a task runs: they cost about 300 ms to
 # import, which every parse of a DAG file would pay.
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from airflow.sdk import Context
 
+    from airflow_provider_walthrottle.gate import ReadIndicators
     from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
+    from airflow_provider_walthrottle.indicators.base import HealthIndicator
     from airflow_provider_walthrottle.migrations.batch import NextStep
     from airflow_provider_walthrottle.migrations.runner import HealthVerdict
-    from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus
 
 
 class BatchedMigrationOperator(BaseOperator):
@@ -52,13 +53,14 @@ class BatchedMigrationOperator(BaseOperator):
     unique key ``column``) and runs ``batch_sql`` over it in sub-batches of ``sub_batch_size`` keys,
     each committed with its progress in the provider's state tables (schema ``walthrottle``), so
     retries, concurrent runs and killed workers never apply a range twice or skip one. Before the
-    batch and between sub-batches it checks the WAL backlog behind the same flag as
-    :class:`~airflow_provider_walthrottle.sensors.wal_archival.WalArchivalSensor`; above the
-    threshold it stops with its progress committed, waits (deferred by default), and goes on where it
-    stopped. The batch size adapts to a target duration and to the WAL headroom. A finished
+    batch and between sub-batches it checks the health gate, as
+    :class:`~airflow_provider_walthrottle.sensors.wal_archival.WalArchivalSensor` does: the WAL
+    backlog, replication lag, replication slots and autovacuum on ``table``, each behind its own
+    flag; when one says stop it stops with its progress committed, waits (deferred by default), and
+    goes on where it stopped. The batch size adapts to a target duration and to the WAL headroom. A finished
     migration's task ends as skipped. The batching core's
     :func:`~airflow_provider_walthrottle.migrations.batch.run_batch` does the work; the WAL check is
-    a :class:`~airflow_provider_walthrottle.gate.HealthGate`, as the sensor's.
+    a :class:`~airflow_provider_walthrottle.gate.HealthGate`.
 
     .. seealso::
         :doc:`/howto/operator`
@@ -78,7 +80,8 @@ class BatchedMigrationOperator(BaseOperator):
     :param flag_default: the flag while its Variable is missing; an unreadable value reads as on.
     :param kill_switch_variable: a Variable (on while missing) that pauses every migration when
         off; an unreadable value reads as off.
-    :param on_unavailable: what a "not available" or "unknown" backlog does: wait, proceed or fail.
+    :param indicators: the indicators instead of the defaults, as for the sensor. (templated)
+    :param on_unavailable: what a "not available" or "unknown" reading does: wait, proceed or fail.
     :param on_paused: what a paused migration (or the kill switch) does: ``"wait"`` or ``"skip"``.
     :param min_batch_size: the smallest batch the optimizer plans.
     :param max_batch_size: the largest batch the optimizer plans.
@@ -101,6 +104,7 @@ class BatchedMigrationOperator(BaseOperator):
         "max_pending_segments",
         "flag_variable",
         "database",
+        "indicators",
     )
     template_fields_renderers = {"batch_sql": "sql", "scope": "sql"}
     ui_color = "#fde8d7"
@@ -122,6 +126,7 @@ class BatchedMigrationOperator(BaseOperator):
         flag_variable: str = WAL_HEALTH_FLAG,
         flag_default: bool = False,
         kill_switch_variable: str = KILL_SWITCH_VARIABLE,
+        indicators: Sequence[HealthIndicator] | None = None,
         on_unavailable: str | OnUnavailable = OnUnavailable.WAIT,
         on_paused: str = "wait",
         min_batch_size: int = 100,
@@ -168,6 +173,7 @@ class BatchedMigrationOperator(BaseOperator):
         self.flag_variable = flag_variable
         self.flag_default = flag_default
         self.kill_switch_variable = kill_switch_variable
+        self.indicators = list(indicators) if indicators is not None else None
         self.on_unavailable = OnUnavailable.parse(on_unavailable)
         self.on_paused = on_paused
         self.max_attempts = max_attempts
@@ -185,9 +191,9 @@ class BatchedMigrationOperator(BaseOperator):
 
     @property
     def gate(self) -> HealthGate:
-        """The WAL check, from the rendered fields; the actor is the migration's name."""
+        """The health check, from the rendered fields; the actor is the migration's name."""
         try:
-            return HealthGate.for_task(self, actor=self.migration_name)
+            return HealthGate.for_task(self, actor=self.migration_name, table=self.table)
         except ValueError as error:
             raise AirflowFailException(str(error)) from None
 
@@ -209,7 +215,6 @@ class BatchedMigrationOperator(BaseOperator):
         from airflow_provider_walthrottle.migrations.batch import run_batch
         from airflow_provider_walthrottle.migrations.runner import JobFailedError, RunSettings, prepare
         from airflow_provider_walthrottle.migrations.state import MigrationStateError
-        from airflow_provider_walthrottle.wal.queries import read_archiver_status
 
         settings = RunSettings(
             sub_batch_size=self.sub_batch_size,
@@ -219,8 +224,9 @@ class BatchedMigrationOperator(BaseOperator):
             max_pending_segments=gate.max_pending_segments,
             policy=self.policy,
         )
-        with self.hook.connect() as conn:  # the backlog is checked on the migration's own connection
-            check = functools.partial(self._check, gate, functools.partial(read_archiver_status, conn))
+        with self.hook.connect() as conn:  # health is checked on the migration's own connection
+            read = functools.partial(self.hook.read_indicators, conn=conn)
+            check = functools.partial(self._check, gate, read)
             try:
                 step = run_batch(
                     prepare(conn, definition, self.batch_size),
@@ -247,18 +253,18 @@ class BatchedMigrationOperator(BaseOperator):
     #: resume through it.
     resume_after_wait = execute_complete
 
-    def _check(self, gate: HealthGate, read_status: Callable[..., ArchiverStatus]) -> HealthVerdict:
+    def _check(self, gate: HealthGate, read: ReadIndicators) -> HealthVerdict:
         """Check the gate once, on the migration's connection; log a line when it stops the batch."""
         from airflow_provider_walthrottle.migrations.runner import HealthVerdict
 
         try:
-            verdict = gate.check(read_status)
+            verdict = gate.check(read)
         except HealthUnavailableError as error:
             raise AirflowException(str(error)) from None
         if not verdict.proceed:
             stopping = "stopping with progress committed"
-            self.log.info("%s", verdict.describe(self.postgres_conn_id, self.flag_variable, on_stop=stopping))
-        return HealthVerdict(proceed=verdict.proceed, health=verdict.health)
+            self.log.info("%s", verdict.describe(self.postgres_conn_id, on_stop=stopping))
+        return HealthVerdict.from_gate(verdict)
 
     def _follow(self, step: NextStep) -> dict[str, Any]:
         """Map the core's answer onto Airflow: return the batch's summary, wait, or skip."""

@@ -1,4 +1,4 @@
-"""The sensor that holds a DAG run while PostgreSQL's WAL archival backlog is too long."""
+"""The sensor that holds a DAG run while PostgreSQL's health says stop: first of all, the WAL backlog."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
-from airflow_provider_walthrottle.gate import GateVerdict, HealthGate
+from airflow_provider_walthrottle.gate import HealthGate
 from airflow_provider_walthrottle.wal.health import (
     DEFAULT_MAX_PENDING_SEGMENTS,
     HealthUnavailableError,
@@ -24,16 +24,21 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
+    from airflow_provider_walthrottle.indicators.base import HealthIndicator
 
 
 class WalArchivalSensor(BaseSensorOperator):
     """
     Wait until at most ``max_pending_segments`` WAL segments wait for ``archive_command``.
 
-    Each check is one :meth:`HealthGate.check <airflow_provider_walthrottle.gate.HealthGate.check>`:
-    with the flag (an Airflow Variable) off it succeeds without contacting the database; with it on,
-    it succeeds at or below the threshold, with the measurement as its XCom. By default the wait is
-    deferred to the triggerer; with ``deferrable=False`` the sensor reschedules itself.
+    Each check is one :meth:`HealthGate.check <airflow_provider_walthrottle.gate.HealthGate.check>`
+    over its indicators, each behind its own flag (an Airflow Variable): with every flag off it
+    succeeds without contacting the database; otherwise it succeeds once no indicator that is on
+    says stop (the backlog at or below the threshold...), with the readings as its XCom. By default
+    the indicators are the WAL archival backlog (the arguments below), replication lag and
+    replication slot retention, and autovacuum on ``table`` if one is given; only the WAL flag is
+    rolled out until you turn the others on. By default the wait is deferred to the triggerer; with
+    ``deferrable=False`` the sensor reschedules itself.
 
     .. seealso::
         :doc:`/howto/sensor`
@@ -46,6 +51,12 @@ class WalArchivalSensor(BaseSensorOperator):
     :param on_unavailable: what "not available" or "unknown" does: ``"wait"`` (default: a wrong
         connection never lets a migration run unthrottled), ``"proceed"`` or ``"fail"``.
     :param database: a database name that overrides the connection's schema. (templated)
+    :param indicators: the indicators to evaluate instead of the defaults, e.g.
+        ``[WalArchivalIndicator(max_pending_segments=20), ReplicationLagIndicator(max_lag_seconds=5)]``
+        (their thresholds are templated); then the WAL threshold and flag go to
+        :class:`~airflow_provider_walthrottle.indicators.wal_archival.WalArchivalIndicator`.
+    :param table: a table whose autovacuum the sensor waits for, with the autovacuum indicator's
+        flag on. (templated)
     :param flag_actor: who asks the flag (``actors`` lists, percentage rollouts): the DAG id by
         default; a migration DAG's sensor asks as its migration, as the operator does. (templated)
     :param deferrable: wait in the triggerer instead of rescheduling the task. Either way the wait
@@ -60,6 +71,8 @@ class WalArchivalSensor(BaseSensorOperator):
         "flag_variable",
         "database",
         "flag_actor",
+        "indicators",
+        "table",
     )
     ui_color = "#e8f4fd"
 
@@ -73,6 +86,8 @@ class WalArchivalSensor(BaseSensorOperator):
         on_unavailable: str | OnUnavailable = OnUnavailable.WAIT,
         database: str | None = None,
         flag_actor: str | None = None,
+        indicators: Sequence[HealthIndicator] | None = None,
+        table: str | None = None,
         deferrable: bool = True,
         poke_interval: datetime.timedelta | float = 60,
         mode: str = "reschedule",
@@ -88,6 +103,8 @@ class WalArchivalSensor(BaseSensorOperator):
         self.on_unavailable = OnUnavailable.parse(on_unavailable)
         self.database = database
         self.flag_actor = flag_actor
+        self.indicators = list(indicators) if indicators is not None else None
+        self.table = table
         self.deferrable = deferrable
 
     @cached_property
@@ -101,7 +118,7 @@ class WalArchivalSensor(BaseSensorOperator):
     def gate(self) -> HealthGate:
         """The gate, from the rendered fields; the actor is ``flag_actor``, else the DAG id."""
         try:
-            return HealthGate.for_task(self, actor=self.flag_actor or self.dag_id)
+            return HealthGate.for_task(self, actor=self.flag_actor or self.dag_id, table=self.table)
         except ValueError as error:
             raise AirflowFailException(str(error)) from None
 
@@ -123,18 +140,23 @@ class WalArchivalSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(f"Sensor timed out after {self.timeout:g}s: {event['message']}")
         if event.get("status") != "success":
             raise AirflowException(event.get("message", f"WAL archival trigger failed: {event!r}"))
-        if not event["checked"]:
-            self.log.info("Feature flag %s was turned off during the wait: proceeding", self.flag_variable)
-            return GateVerdict(checked=False, proceed=True).to_xcom(self.flag_variable)
-        self.log.info("WAL archival check passed: %s", event["health"]["reason"])
-        return {"checked": True, "flag_variable": self.flag_variable, **event["health"]}
+        verdict: dict[str, Any] = event["verdict"]
+        if not verdict["checked"]:
+            flags = verdict["flags_off"]
+            self.log.info("Feature flags %s were turned off during the wait: proceeding", flags)
+        else:
+            readings = verdict["indicators"].values()
+            passed = "; ".join(f"{r['indicator']} {r['signal']}: {r['reason']}" for r in readings)
+            self.log.info("Health check passed: %s", passed)
+        return verdict
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Check the gate once; log one line saying what was found and what happens."""
+        gate = self.gate
         try:
-            verdict = self.gate.check(self.hook.get_archiver_status)
+            verdict = gate.check(self.hook.read_indicators)
         except HealthUnavailableError as error:
             raise AirflowException(str(error)) from None
         waiting = f"waiting, next check in {self.poke_interval:g}s"
-        self.log.info("%s", verdict.describe(self.postgres_conn_id, self.flag_variable, on_stop=waiting))
-        return PokeReturnValue(is_done=verdict.proceed, xcom_value=verdict.to_xcom(self.flag_variable))
+        self.log.info("%s", verdict.describe(self.postgres_conn_id, on_stop=waiting))
+        return PokeReturnValue(is_done=verdict.proceed, xcom_value=verdict.to_xcom(gate.wal_flag_variable))

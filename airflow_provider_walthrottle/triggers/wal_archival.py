@@ -1,4 +1,4 @@
-"""The trigger that waits, in the triggerer, for the WAL archival backlog to drain."""
+"""The trigger that waits, in the triggerer, until the health gate lets a migration go on."""
 
 from __future__ import annotations
 
@@ -7,78 +7,96 @@ import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from asgiref.sync import sync_to_async
 
 from airflow_provider_walthrottle.exceptions import WalThrottleError
-from airflow_provider_walthrottle.flags import health_check_flag
-from airflow_provider_walthrottle.metrics import record_health, triggerer_stats
+from airflow_provider_walthrottle.gate import HealthGate
+from airflow_provider_walthrottle.indicators.base import indicator_from_serialized
+from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalIndicator, WalArchivalReading
 from airflow_provider_walthrottle.wal.health import (
+    DEFAULT_MAX_PENDING_SEGMENTS,
     HealthUnavailableError,
     OnUnavailable,
-    evaluate_wal_archival,
-    exact_count_limit,
-    may_proceed,
 )
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from airflow_provider_walthrottle.indicators.base import Reading
+
 
 class WalArchivalTrigger(BaseTrigger):
     """
-    Poll the WAL archival backlog with an async connection until migrations may go on.
+    Poll the health gate with an async connection until migrations may go on.
 
-    Fires one event: ``{"status": "success", "checked": bool, "health": dict | None}`` once the
-    backlog is at or below the threshold (or the flag is off, or ``on_unavailable`` lets it pass),
-    ``{"status": "timeout", "message": str}`` when ``deadline`` passes first, or
+    Each poll is one :meth:`HealthGate.acheck <airflow_provider_walthrottle.gate.HealthGate.acheck>`
+    over the same indicators as the task that deferred: the WAL archival backlog and whichever
+    other indicators it has, each behind its own flag. It fires one event:
+    ``{"status": "success", "checked": bool, "verdict": dict}`` once no indicator stops (or every
+    flag is off, or ``on_unavailable`` lets a reading pass), where ``verdict`` is
+    :meth:`GateVerdict.to_xcom <airflow_provider_walthrottle.gate.GateVerdict.to_xcom>`;
+    ``{"status": "timeout", "message": str}`` when ``deadline`` passes first; or
     ``{"status": "error", "message": str}`` when the check cannot be made.
 
     :param postgres_conn_id: the Airflow connection to the PostgreSQL server.
-    :param max_pending_segments: the most segments that may wait.
-    :param flag_variable: the Airflow Variable holding the feature flag; re-read on every poll, so
-        turning the flag off releases the wait.
-    :param flag_default: the flag's answer while the Variable is missing (a value that cannot be
-        read or parsed reads as on).
-    :param actor: who asks, for a percentage rollout of the flag (a DAG id or migration name).
+    :param indicators: the indicators, as ``[classpath, kwargs]`` pairs
+        (:meth:`~airflow_provider_walthrottle.indicators.base.HealthIndicator.serialize`); their
+        flags are re-read on every poll, so turning a flag off releases the wait.
+    :param actor: who asks, for a percentage rollout of the flags (a DAG id or migration name).
     :param on_unavailable: what a "not available" or "unknown" reading does.
     :param poll_interval: the most seconds between two checks. While the backlog drains, the next
         check comes when the drain rate seen so far says the backlog will be at the threshold, but
         never sooner than ``min_poll_interval``: a migration goes on about when the backlog
         allows, not up to a whole ``poll_interval`` later (see :func:`next_check_in`).
     :param database: a database name that overrides the connection's schema.
+    :param table: the migrated table, for the indicators that watch one.
     :param min_poll_interval: the fewest seconds between two checks.
-    :param deadline: when the wait ends with a ``timeout`` event if the backlog has not drained. The
-        trigger keeps it itself, so a wait ends on time even where the deferral's own timeout is
-        not enforced (``dag.test()`` and ``airflow dags test`` run triggers inline and ignore it).
+    :param deadline: when the wait ends with a ``timeout`` event if the indicators have not
+        cleared. The trigger keeps it itself, so a wait ends on time even where the deferral's own
+        timeout is not enforced (``dag.test()`` and ``airflow dags test`` run triggers inline and
+        ignore it).
+    :param max_pending_segments: before 0.2 (triggers deferred by an older release): the WAL
+        threshold, with ``flag_variable`` and ``flag_default``; used when ``indicators`` is ``None``.
+    :param flag_variable: see ``max_pending_segments``.
+    :param flag_default: see ``max_pending_segments``.
     """
 
     def __init__(
         self,
         *,
         postgres_conn_id: str,
-        max_pending_segments: int,
-        flag_variable: str,
-        flag_default: bool,
         actor: str | None,
         on_unavailable: str,
         poll_interval: float,
+        indicators: list[list[Any]] | None = None,
         database: str | None = None,
+        table: str | None = None,
         min_poll_interval: float = 1.0,
         deadline: datetime.datetime | None = None,
+        max_pending_segments: int | None = None,
+        flag_variable: str | None = None,
+        flag_default: bool = False,
     ) -> None:
         super().__init__()
         if deadline is not None and deadline.tzinfo is None:
             raise ValueError(f"deadline must be timezone-aware, got {deadline!r}")
+        if indicators is None:  # serialized by an older release: the WAL archival backlog alone
+            wal = WalArchivalIndicator(
+                max_pending_segments=DEFAULT_MAX_PENDING_SEGMENTS
+                if max_pending_segments is None
+                else max_pending_segments,
+                flag_variable=flag_variable,
+                flag_default=flag_default,
+            )
+            indicators = [[wal.classpath(), wal.serialize()]]
+        self.indicators = indicators
         self.deadline = deadline
         self.min_poll_interval = min_poll_interval
         self.postgres_conn_id = postgres_conn_id
-        self.max_pending_segments = max_pending_segments
-        self.flag_variable = flag_variable
-        self.flag_default = flag_default
         self.actor = actor
         self.on_unavailable = on_unavailable
         self.poll_interval = poll_interval
         self.database = database
+        self.table = table
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and the arguments that recreate this trigger."""
@@ -86,80 +104,89 @@ class WalArchivalTrigger(BaseTrigger):
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
                 "postgres_conn_id": self.postgres_conn_id,
-                "max_pending_segments": self.max_pending_segments,
-                "flag_variable": self.flag_variable,
-                "flag_default": self.flag_default,
+                "indicators": self.indicators,
                 "actor": self.actor,
                 "on_unavailable": self.on_unavailable,
                 "poll_interval": self.poll_interval,
                 "database": self.database,
+                "table": self.table,
                 "min_poll_interval": self.min_poll_interval,
                 "deadline": self.deadline,
             },
         )
 
+    def gate(self) -> HealthGate:
+        """Return the gate this trigger polls."""
+        return HealthGate(
+            postgres_conn_id=self.postgres_conn_id,
+            indicators=tuple(indicator_from_serialized(path, kwargs) for path, kwargs in self.indicators),
+            on_unavailable=OnUnavailable.parse(self.on_unavailable),
+            actor=self.actor,
+            database=self.database,
+            table=self.table,
+        )
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Check, then sleep ``poll_interval`` seconds, until one event can be fired."""
+        """Check, then sleep, until one event can be fired."""
         from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
-        flag = health_check_flag(self.flag_variable, default=self.flag_default)
         hook = WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
-        on_unavailable = OnUnavailable.parse(self.on_unavailable)
         loop = asyncio.get_running_loop()
         previous: tuple[float, int] | None = None  # (when, pending) of the last check
         while True:
-            if not await sync_to_async(flag.is_enabled)(self.actor):
-                self.log.info("Feature flag %s is off: the wait ends without a check", self.flag_variable)
-                yield TriggerEvent({"status": "success", "checked": False, "health": None})
-                return
             try:
-                status = await hook.aget_archiver_status(
-                    exact_up_to=exact_count_limit(self.max_pending_segments)
-                )
-                health = evaluate_wal_archival(status, self.max_pending_segments)
-                record_health(triggerer_stats(), health, conn_id=self.postgres_conn_id, actor=self.actor)
-                proceed = may_proceed(health, on_unavailable)
-            except (WalThrottleError, HealthUnavailableError) as error:
+                gate = self.gate()
+                verdict = await gate.acheck(hook.aread_indicators)
+            except (WalThrottleError, HealthUnavailableError, ValueError) as error:
                 yield TriggerEvent({"status": "error", "message": str(error)})
                 return
-            if proceed:
-                yield TriggerEvent({"status": "success", "checked": True, "health": health.to_dict()})
+            wal = gate.wal
+            if verdict.proceed:
+                if not verdict.checked:
+                    self.log.info("Feature flags %s are off: the wait ends", ", ".join(verdict.flags_off))
+                xcom = verdict.to_xcom(gate.wal_flag_variable)
+                yield TriggerEvent({"status": "success", "checked": verdict.checked, "verdict": xcom})
                 return
-            now, pending = loop.time(), health.status.pending_segments
-            drain_rate = None
-            if previous is not None and pending is not None and now > previous[0]:
-                drain_rate = (previous[1] - pending) / (now - previous[0])
-            delay = next_check_in(
-                pending=pending,
-                target=self.max_pending_segments,
-                drain_rate=drain_rate,
-                poll_interval=self.poll_interval,
-                min_interval=self.min_poll_interval,
-            )
+            now = loop.time()
+            health = verdict.health
+            pending = health.status.pending_segments if health is not None else None
+            delay = self.poll_interval
+            if wal is not None and health is not None and _only_the_backlog_stops(verdict.stopping):
+                drain_rate = None
+                if previous is not None and pending is not None and now > previous[0]:
+                    drain_rate = (previous[1] - pending) / (now - previous[0])
+                delay = next_check_in(
+                    pending=pending,
+                    target=wal.threshold,
+                    drain_rate=drain_rate,
+                    poll_interval=self.poll_interval,
+                    min_interval=self.min_poll_interval,
+                )
             previous = (now, pending) if pending is not None else None
+            waiting = verdict.describe(self.postgres_conn_id, on_stop="waiting")
             remaining = self._seconds_to_deadline()
             if remaining is not None and remaining <= 0:
                 message = (
-                    f"WAL archival on {self.postgres_conn_id} did not drain by the deadline "
-                    f"{self.deadline:%Y-%m-%d %H:%M:%S %Z}: {health.summary()}"
+                    f"Health on {self.postgres_conn_id} did not clear by the deadline "
+                    f"{self.deadline:%Y-%m-%d %H:%M:%S %Z}: {waiting}"
                 )
                 self.log.info("%s; the wait ends", message)
                 yield TriggerEvent({"status": "timeout", "message": message})
                 return
             if remaining is not None:
                 delay = min(delay, remaining)
-            self.log.info(
-                "WAL archival on %s: %s; waiting, next check in %.3gs",
-                self.postgres_conn_id,
-                health.summary(),
-                delay,
-            )
+            self.log.info("%s, next check in %.3gs", waiting, delay)
             await asyncio.sleep(delay)
 
     def _seconds_to_deadline(self) -> float | None:
         if self.deadline is None:
             return None
         return (self.deadline - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+
+
+def _only_the_backlog_stops(stopping: tuple[Reading, ...]) -> bool:
+    """Whether the WAL archival backlog is the one reading that stops (its drain can be timed)."""
+    return len(stopping) == 1 and isinstance(stopping[0], WalArchivalReading)
 
 
 #: Seconds before the second check of a wait, at most: soon enough to measure how fast it drains.

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus, BacklogMethod
+
+if TYPE_CHECKING:
+    from airflow_provider_walthrottle.indicators.base import Reading
 
 #: GitLab's threshold: above this many segments waiting for ``archive_command``, migrations stop.
 DEFAULT_MAX_PENDING_SEGMENTS = 42
@@ -140,13 +143,17 @@ class OnUnavailable(str, Enum):
 
 
 class HealthUnavailableError(ValueError):
-    """The backlog could not be judged and ``on_unavailable`` is ``fail``."""
+    """A signal could not be judged and ``on_unavailable`` is ``fail``."""
 
 
-def may_proceed(health: HealthSignal, on_unavailable: OnUnavailable) -> bool:
-    """Return whether a migration may go on after this signal.
+def may_proceed(health: HealthSignal | Reading, on_unavailable: OnUnavailable) -> bool:
+    """Return whether a migration may go on after this signal: the rule for one signal.
 
-    :param health: the evaluated signal.
+    ``normal`` goes on, ``stop`` stops, and "not available" and "unknown" do what
+    ``on_unavailable`` says. The gate (:func:`airflow_provider_walthrottle.gate.decide`) applies it
+    to every indicator's reading.
+
+    :param health: the evaluated signal, or any indicator's reading.
     :param on_unavailable: what "not available" and "unknown" mean.
     :raises HealthUnavailableError: on "not available" or "unknown" when ``on_unavailable`` is ``fail``.
     """
@@ -155,7 +162,8 @@ def may_proceed(health: HealthSignal, on_unavailable: OnUnavailable) -> bool:
     if health.signal is Signal.STOP:
         return False
     if on_unavailable is OnUnavailable.FAIL:
+        label = getattr(health, "label", "WAL archival")
         raise HealthUnavailableError(
-            f"WAL archival health is {health.signal.value}: {health.reason} (on_unavailable='fail')"
+            f"{label} health is {health.signal.value}: {health.reason} (on_unavailable='fail')"
         )
     return on_unavailable is OnUnavailable.PROCEED

@@ -465,5 +465,34 @@ def test_backlog_bound_rejects_impossible_inputs(args, message):
 
 
 def test_a_decision_refuses_a_limit_it_cannot_explain():
-    with pytest.raises(ValueError, match="limited_by must be one of time, wal, growth, min, max, initial"):
+    with pytest.raises(
+        ValueError, match="limited_by must be one of time, wal, replication, growth, min, max, initial"
+    ):
         BatchSizeDecision(size=100, by_time=None, by_wal=None, limited_by="headroom", must_wait=False)
+
+
+def test_replication_slots_bound_a_batch_as_the_archival_headroom_does():
+    estimate = ThroughputEstimate().observe(BatchObservation(rows=1000, seconds=1.0, wal_bytes=200_000))
+    policy = BatchSizePolicy(min_batch_size=100, max_batch_size=100_000)
+    room = 150 * 200  # bytes the slots may still retain: 150 rows at 200 WAL bytes each
+    decision = next_batch_size(
+        1000,
+        estimate,
+        policy,
+        pending_segments=0,
+        max_pending_segments=42,
+        wal_segment_size=16 * 1024 * 1024,
+        replication_headroom_bytes=room,
+    )
+    assert (decision.size, decision.limited_by, decision.must_wait) == (150, "replication", False)
+    assert "replication allows 30000 more WAL bytes, 150 rows at 200 WAL bytes/row" in decision.describe()
+    tight = next_batch_size(
+        1000,
+        estimate,
+        policy,
+        pending_segments=None,
+        max_pending_segments=42,
+        wal_segment_size=16 * 1024 * 1024,
+        replication_headroom_bytes=99 * 200,
+    )
+    assert (tight.size, tight.must_wait) == (99, True)

@@ -43,8 +43,16 @@ def test_flag_off_passes_at_once_without_any_database(monkeypatch):
     assert task_states(dag_run) == {"wait_for_wal": "success"}
     assert xcom_of(dag_run, "wait_for_wal") == {
         "checked": False,
+        "proceed": True,
         "flag_variable": "batched_migrations_health_status_wal",
         "signal": None,
+        "indicators": {},
+        "stopped_by": [],
+        "flags_off": [
+            "batched_migrations_health_status_wal",
+            "batched_migrations_health_status_replication_lag",
+            "batched_migrations_health_status_replication_slots",
+        ],
     }
 
 

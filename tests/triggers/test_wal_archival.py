@@ -72,8 +72,9 @@ def test_waits_above_threshold_then_fires_once_drained(backlogged):
     event = asyncio.run(scenario())
     assert event.payload["status"] == "success"
     assert event.payload["checked"] is True
-    assert event.payload["health"]["signal"] == "normal"
-    assert event.payload["health"]["status"]["pending_segments"] <= 3
+    assert event.payload["verdict"]["signal"] == "normal"
+    assert event.payload["verdict"]["status"]["pending_segments"] <= 3
+    assert event.payload["verdict"]["indicators"]["wal_archival"]["values"]["pending_segments"] <= 3
 
 
 def test_the_wait_ends_with_a_timeout_event_at_its_deadline(backlogged):
@@ -84,7 +85,7 @@ def test_the_wait_ends_with_a_timeout_event_at_its_deadline(backlogged):
     event = asyncio.run(first_event(trigger, timeout=20))
 
     assert event.payload["status"] == "timeout"
-    assert "did not drain by the deadline" in event.payload["message"]
+    assert "did not clear by the deadline" in event.payload["message"]
     assert "5 WAL segments pending archival > threshold 3" in event.payload["message"]
     assert datetime.datetime.now(datetime.timezone.utc) >= deadline
 
@@ -98,7 +99,8 @@ def test_turning_the_flag_off_releases_the_wait(backlogged, monkeypatch):
         return await asyncio.wait_for(pending, 10)
 
     event = asyncio.run(scenario())
-    assert event.payload == {"status": "success", "checked": False, "health": None}
+    assert (event.payload["status"], event.payload["checked"]) == ("success", False)
+    assert event.payload["verdict"]["flags_off"] == ["batched_migrations_health_status_wal"]
     assert len(backlogged.ready_segments()) == 5, "the backlog itself did not drain"
 
 
@@ -215,5 +217,5 @@ def test_a_draining_backlog_ends_the_wait_about_when_it_reaches_the_threshold(mo
         pg_drained.set_archive_delay(0)
 
     assert event.payload["status"] == "success"
-    assert event.payload["health"]["status"]["pending_segments"] <= 4
+    assert event.payload["verdict"]["status"]["pending_segments"] <= 4
     assert waited < 30, f"the wait ended {waited:.1f}s after the archiver started draining 16 segments"
