@@ -89,8 +89,8 @@ def _legacy_stats() -> Any:
 def record_readings(stats: Any, readings: Sequence[Reading], *, conn_id: str, actor: str | None) -> None:
     """Send each numeric measurement of a check as a gauge per connection.
 
-    The WAL archival backlog keeps its names (:data:`PENDING_SEGMENTS`, :data:`THRESHOLD`); any
-    other value goes as ``walthrottle.<indicator>.<value>.<conn_id>``, e.g.
+    The WAL archival backlog keeps its names (``walthrottle.wal.pending_segments``,
+    ``walthrottle.wal.threshold``); any other value goes as ``walthrottle.<indicator>.<value>.<conn_id>``, e.g.
     ``walthrottle.replication_lag.max_replay_lag_seconds.warehouse``. A value that could not be
     measured is not sent.
 

@@ -63,7 +63,7 @@ nitpick_ignore_regex = [
     # Third-party libraries, by their qualified names.
     (r"py:.*", r"(airflow|psycopg|pendulum|sqlalchemy|jinja2|fastapi|pydantic|starlette)(\..*)?"),
     # The standard library.
-    (r"py:.*", r"(datetime|enum|argparse|fractions|collections|typing|contextlib|pathlib)\..*"),
+    (r"py:.*", r"(datetime|enum|argparse|fractions|collections|typing|contextlib|pathlib|abc|functools)\..*"),
 ]
 nitpick_ignore = [
     # Airflow classes in type hints that cannot be evaluated at build time (they name types

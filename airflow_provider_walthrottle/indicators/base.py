@@ -129,7 +129,7 @@ class HealthIndicator(ABC):
     default_flag_variable: ClassVar[str]
     #: Attributes Airflow renders as Jinja templates when the indicator is an argument of a task.
     template_fields: ClassVar[tuple[str, ...]] = ()
-    #: Whether it needs :attr:`IndicatorContext.table` (without one it is not evaluated).
+    #: Whether it needs ``IndicatorContext.table`` (without one it is not evaluated).
     needs_table: ClassVar[bool] = False
 
     def __init__(self, *, flag_variable: str | None = None, flag_default: bool = False) -> None:
