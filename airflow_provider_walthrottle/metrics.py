@@ -90,7 +90,8 @@ def record_readings(stats: Any, readings: Sequence[Reading], *, conn_id: str, ac
     """Send each numeric measurement of a check as a gauge per connection.
 
     The WAL archival backlog keeps its names (``walthrottle.wal.pending_segments``,
-    ``walthrottle.wal.threshold``); any other value goes as ``walthrottle.<indicator>.<value>.<conn_id>``, e.g.
+    ``walthrottle.wal.threshold``); any other value goes as
+    ``walthrottle.<indicator>.<value>.<conn_id>``, e.g.
     ``walthrottle.replication_lag.max_replay_lag_seconds.warehouse``. A value that could not be
     measured is not sent.
 
