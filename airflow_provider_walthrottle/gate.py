@@ -89,6 +89,12 @@ class GateVerdict:
         ]
         return min(bounds) if bounds else None
 
+    @property
+    def load(self) -> float | None:
+        """The highest reading's share of its stop threshold (1 at the threshold), or ``None``."""
+        loads = [reading.load for reading in self.readings if reading.load is not None]
+        return max(loads) if loads else None
+
     def describe(self, conn_id: str, *, on_stop: str) -> str:
         """Return the check as one line for the task log.
 

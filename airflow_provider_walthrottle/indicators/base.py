@@ -33,6 +33,7 @@ __all__ = [
     "Reading",
     "aread_indicator",
     "format_bytes",
+    "fraction_of",
     "indicator_from_serialized",
     "non_negative_number",
     "read_indicator",
@@ -68,6 +69,9 @@ class Reading:
     :param wal_headroom_bytes: how many more bytes of WAL may be written before this indicator
         would stop, or ``None`` if it sets no WAL bound. The batch-size optimizer sizes a batch
         under the smallest headroom of all readings.
+    :param load: how near the measurement is to its stop threshold: 0 for none, 1 at the
+        threshold; ``None`` for a signal without degrees (autovacuum). Above half, the migration
+        pauses between sub-batches, more the nearer it gets (signal-paced pauses).
     """
 
     indicator: str
@@ -76,6 +80,7 @@ class Reading:
     values: Mapping[str, float | int | None] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)
     wal_headroom_bytes: int | None = None
+    load: float | None = None
 
     @property
     def label(self) -> str:
@@ -102,6 +107,7 @@ class Reading:
             "values": dict(self.values),
             "details": dict(self.details),
             "wal_headroom_bytes": self.wal_headroom_bytes,
+            "load": self.load,
         }
 
 
@@ -246,6 +252,19 @@ async def aread_indicator(
                 query = conversation.send(await cursor.fetchall())
         except StopIteration as done:
             return done.value
+
+
+def fraction_of(value: float | None, limit: float) -> float | None:
+    """Return ``value / limit`` as a reading's load: ``None`` if unmeasured, 1 over a zero limit.
+
+    :param value: the measurement.
+    :param limit: its stop threshold.
+    """
+    if value is None:
+        return None
+    if limit <= 0:
+        return 1.0 if value > 0 else 0.0
+    return value / limit
 
 
 def non_negative_number(name: str, value: object, *, unit: str, integral: bool = False) -> float:

@@ -31,6 +31,7 @@ from airflow_provider_walthrottle.indicators.base import (
     IndicatorContext,
     Reading,
     format_bytes,
+    fraction_of,
     non_negative_number,
 )
 from airflow_provider_walthrottle.wal.health import Signal
@@ -368,4 +369,9 @@ def _judge(
             f"the furthest behind, {furthest['application_name']}, "
             f"{format_bytes(furthest['replay_lag_bytes'])} and {late_text}"
         )
-    return Reading(name, signal, reason, values=values, details=details, wal_headroom_bytes=headroom)
+    loads = [
+        fraction_of(values["max_replay_lag_seconds"], max_seconds),
+        fraction_of(values["max_replay_lag_bytes"], max_bytes),
+    ]
+    load = max((x for x in loads if x is not None), default=None)
+    return Reading(name, signal, reason, values, details, wal_headroom_bytes=headroom, load=load)

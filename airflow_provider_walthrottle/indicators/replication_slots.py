@@ -28,6 +28,7 @@ from airflow_provider_walthrottle.indicators.base import (
     IndicatorContext,
     Reading,
     format_bytes,
+    fraction_of,
     non_negative_number,
 )
 from airflow_provider_walthrottle.wal.health import Signal
@@ -216,8 +217,11 @@ def _judge(name: str, rows: list[dict[str, Any]], limit: int, next_batch: int | 
         "next_batch_wal_bytes": next_batch,
     }
     headroom = min(headrooms, default=None)
+    load = fraction_of(values["max_slot_retained_bytes"], limit)
     if stops:
-        return Reading(name, Signal.STOP, "; ".join(stops), values, details, wal_headroom_bytes=headroom)
+        return Reading(
+            name, Signal.STOP, "; ".join(stops), values, details, wal_headroom_bytes=headroom, load=load
+        )
     if not entries:
         return Reading(
             name, Signal.NORMAL, "no replication slots", values, details, wal_headroom_bytes=headroom
@@ -231,4 +235,4 @@ def _judge(name: str, rows: list[dict[str, Any]], limit: int, next_batch: int | 
         )
     if safe_all:
         reason += f"; least safe_wal_size {format_bytes(min(safe_all))}"
-    return Reading(name, Signal.NORMAL, reason, values, details, wal_headroom_bytes=headroom)
+    return Reading(name, Signal.NORMAL, reason, values, details, wal_headroom_bytes=headroom, load=load)

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
-from airflow_provider_walthrottle.indicators.base import HealthIndicator, IndicatorContext, Reading
+from airflow_provider_walthrottle.indicators.base import (
+    HealthIndicator,
+    IndicatorContext,
+    Reading,
+    fraction_of,
+)
 from airflow_provider_walthrottle.wal.health import (
     DEFAULT_MAX_PENDING_SEGMENTS,
     evaluate_wal_archival,
@@ -119,5 +124,6 @@ def wal_archival_reading(health: HealthSignal) -> WalArchivalReading:
         values={"pending_segments": pending, "max_pending_segments": threshold},
         details={"method": status.method.value, "archiver_failing": status.is_failing},
         wal_headroom_bytes=headroom,
+        load=fraction_of(pending, threshold),
         health=health,
     )

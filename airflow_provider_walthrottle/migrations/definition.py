@@ -241,19 +241,23 @@ def refuse_nul_bytes(label: str, value: object) -> None:
         )
 
 
-def validate_batch_sizes(batch_size: object, sub_batch_size: object) -> tuple[int, int]:
-    """Check the sizes; return them as ints.
+def validate_batch_sizes(batch_size: object, sub_batch_size: object) -> tuple[int, int | None]:
+    """Check the sizes; return them as ints (``sub_batch_size`` may be ``None``: sized by time).
 
     :param batch_size: rows per batch (one task instance).
-    :param sub_batch_size: rows per statement, at most ``batch_size``.
+    :param sub_batch_size: rows per statement, or ``None`` to size each statement by time.
     :raises MigrationDefinitionError: for a size that is not a whole number above 0, or that does
         not fit the state tables' ``integer`` columns.
     """
-    sizes = []
+    sizes: list[int | None] = []
     for label, value in (("batch_size", batch_size), ("sub_batch_size", sub_batch_size)):
+        if value is None and label == "sub_batch_size":
+            sizes.append(None)
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise MigrationDefinitionError(f"{label} must be a whole number of rows above 0, got {value!r}")
         sizes.append(_at_most_integer(label, value, "rows"))
+    assert sizes[0] is not None
     return sizes[0], sizes[1]
 
 
@@ -310,19 +314,23 @@ def validate_run_parameters(
 ) -> None:
     """Check how a migration's batches run, so that a bad value fails when the DAG is parsed.
 
-    :param pause_ms: milliseconds between sub-batches: 0 or more.
+    :param pause_ms: milliseconds between sub-batches: 0 or more, or ``None`` (paced by the signals).
     :param min_batch_size: the optimizer's smallest batch: 1 or more.
-    :param max_batch_size: its largest batch: at least ``min_batch_size``.
+    :param max_batch_size: its largest batch: at least ``min_batch_size``, or ``None`` (no cap).
     :param target_batch_seconds: the duration it aims a batch at: above 0.
     :param max_attempts: failed runs of ``batch_sql`` before the migration fails: 1 or more.
     :param statement_timeout_ms: ``None`` or 0 for none, else milliseconds.
     :param wait_interval: seconds between two checks while waiting: above 0.
     :raises MigrationDefinitionError: naming the first parameter that is out of bounds.
     """
-    whole_number("pause_ms", pause_ms, minimum=0, unit="milliseconds")
+    if pause_ms is not None:
+        whole_number("pause_ms", pause_ms, minimum=0, unit="milliseconds")
     smallest = whole_number("min_batch_size", min_batch_size, minimum=1, unit="rows")
-    largest = whole_number("max_batch_size", max_batch_size, minimum=1, unit="rows")
-    if largest < smallest:
+    if max_batch_size is None:
+        largest = None
+    else:
+        largest = whole_number("max_batch_size", max_batch_size, minimum=1, unit="rows")
+    if largest is not None and largest < smallest:
         raise MigrationDefinitionError(
             f"max_batch_size must be at least min_batch_size ({smallest}), got {largest}"
         )
@@ -346,7 +354,7 @@ def validate_operator_arguments(
     sub_batch_size: object,
     on_paused: object,
     **run_parameters: object,
-) -> tuple[int, int]:
+) -> tuple[int, int | None]:
     """Check the operator's arguments that are known before templates render; return the batch sizes.
 
     A bad value then fails when the DAG is parsed, not in its first task. The rest of the

@@ -58,6 +58,9 @@ __all__ = [
 #: Weight of the newest observation in the moving averages.
 DEFAULT_ALPHA = 0.3
 
+#: The largest batch the state tables hold (a PostgreSQL ``integer`` of keys).
+LARGEST_BATCH = 2**31 - 1
+
 #: The values of :attr:`BatchSizeDecision.limited_by`; a decision refuses any other.
 LIMITS = ("time", "wal", "replication", "growth", "min", "max", "initial")
 
@@ -148,21 +151,23 @@ class BatchSizePolicy:
     """How far the batch size may move.
 
     :param min_batch_size: fewest rows in a batch; below this, the migration waits instead.
-    :param max_batch_size: most rows in a batch.
-    :param target_batch_seconds: how long a batch should take.
+    :param max_batch_size: most rows in a batch; ``None`` for no cap but :data:`LARGEST_BATCH` (the
+        state tables' ``integer``), so that the time target and the WAL headroom size a batch.
+    :param target_batch_seconds: how long a batch should take, all of it: statements, pauses and
+        checks (the rate it is sized with is measured over the batch's wall-clock time).
     :param max_growth: largest factor by which the size may grow from one batch to the next.
     :raises ValueError: if a bound is impossible.
     """
 
     min_batch_size: int = 100
-    max_batch_size: int = 100_000
+    max_batch_size: int | None = 100_000
     target_batch_seconds: float = 30.0
     max_growth: float = 2.0
 
     def __post_init__(self) -> None:
         if self.min_batch_size < 1:
             raise ValueError(f"min_batch_size must be 1 or more, got {self.min_batch_size!r} instead")
-        if self.max_batch_size < self.min_batch_size:
+        if self.max_batch_size is not None and self.max_batch_size < self.min_batch_size:
             raise ValueError(
                 f"max_batch_size must be at least min_batch_size ({self.min_batch_size!r}),"
                 f" got {self.max_batch_size!r} instead"
@@ -179,7 +184,12 @@ class BatchSizePolicy:
 
         :param size: a number of rows.
         """
-        return max(self.min_batch_size, min(self.max_batch_size, size))
+        return max(self.min_batch_size, min(self.largest, size))
+
+    @property
+    def largest(self) -> int:
+        """``max_batch_size``, or :data:`LARGEST_BATCH` without one."""
+        return LARGEST_BATCH if self.max_batch_size is None else self.max_batch_size
 
 
 @dataclass(frozen=True)
@@ -274,7 +284,7 @@ class BatchSizeDecision:
         if self.limited_by == "min":
             return f"min_batch_size {policy.min_batch_size}" if policy is not None else "min_batch_size"
         if self.limited_by == "max":
-            return f"max_batch_size {policy.max_batch_size}" if policy is not None else "max_batch_size"
+            return f"max_batch_size {policy.largest}" if policy is not None else "max_batch_size"
         return f"no throughput estimate yet, starting from {self.current_size}"
 
 
@@ -319,8 +329,8 @@ def next_batch_size(
         most = math.floor(start * policy.max_growth)
         if size > most:
             size, limited_by = most, "growth"
-        if size > policy.max_batch_size:
-            size, limited_by = policy.max_batch_size, "max"
+        if size > policy.largest:
+            size, limited_by = policy.largest, "max"
         elif size < policy.min_batch_size:
             size, limited_by = policy.min_batch_size, "min"
 

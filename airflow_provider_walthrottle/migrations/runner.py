@@ -27,8 +27,13 @@ from airflow_provider_walthrottle.migrations.optimizer import (
     BatchSizeDecision,
     BatchSizePolicy,
     ThroughputEstimate,
-    backlog_bound,
     next_batch_size,
+)
+from airflow_provider_walthrottle.migrations.pacing import (
+    DEFAULT_MAX_PAUSE_SECONDS,
+    DEFAULT_TARGET_STATEMENT_SECONDS,
+    StatementSizer,
+    signal_pause,
 )
 from airflow_provider_walthrottle.migrations.state import (
     Job,
@@ -41,66 +46,13 @@ from airflow_provider_walthrottle.migrations.state import (
     attempts_used_up,
 )
 from airflow_provider_walthrottle.migrations.store import MigrationStore
+from airflow_provider_walthrottle.migrations.verdict import HealthVerdict  # noqa: TC001 - its home until 0.2
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from airflow_provider_walthrottle.gate import GateVerdict
     from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
     from airflow_provider_walthrottle.wal.health import HealthSignal
-
-
-@dataclass(frozen=True)
-class HealthVerdict:
-    """What the caller's health check decided.
-
-    :param proceed: whether the migration may write now.
-    :param health: the WAL archival backlog's signal, or ``None`` when it was not read (flag off).
-    :param replication_headroom_bytes: the WAL that replication slots and standbys allow before they
-        stop the migration (see :attr:`GateVerdict.replication_headroom_bytes
-        <airflow_provider_walthrottle.gate.GateVerdict.replication_headroom_bytes>`), or ``None``.
-    """
-
-    proceed: bool
-    health: HealthSignal | None = None
-    replication_headroom_bytes: int | None = None
-
-    @classmethod
-    def from_gate(cls, verdict: GateVerdict) -> HealthVerdict:
-        """Return what the batch needs of a check of the health gate.
-
-        :param verdict: from :meth:`HealthGate.check <airflow_provider_walthrottle.gate.HealthGate.check>`.
-        """
-        return cls(
-            verdict.proceed, verdict.health, replication_headroom_bytes=verdict.replication_headroom_bytes
-        )
-
-    def recheck_due(self, wal_bytes_since: int, seconds_since: float, *, recheck_seconds: float) -> bool:
-        """Whether to check the backlog again before the next sub-batch, rather than trust this count.
-
-        This count is trusted only when it was a number under which the migration went on, it is
-        younger than ``recheck_seconds``, and the WAL written since cannot have completed enough
-        segments to pass the threshold it was compared with (see
-        :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), nor more than the
-        replication headroom (slots, standbys' lag). That WAL is what
-        the server wrote during this migration's statements (other sessions' included); what others
-        write between two sub-batches is not seen, which the re-check every ``recheck_seconds``
-        bounds.
-
-        :param wal_bytes_since: WAL bytes the migration's statements saw written since this count.
-        :param seconds_since: seconds since this count.
-        :param recheck_seconds: the longest a count is trusted; 0 trusts none.
-        """
-        health = self.health
-        if not self.proceed or health is None or seconds_since >= recheck_seconds:
-            return True
-        if self.replication_headroom_bytes is not None and wal_bytes_since >= self.replication_headroom_bytes:
-            return True  # the replication bound may be passed
-        status = health.status
-        if status.pending_segments is None or status.wal_segment_size <= 0:
-            return True
-        bound = backlog_bound(status.pending_segments, wal_bytes_since, status.wal_segment_size)
-        return bound > health.max_pending_segments
 
 
 class Outcome(str, enum.Enum):
@@ -122,8 +74,12 @@ class Outcome(str, enum.Enum):
 class RunSettings:
     """How batches run.
 
-    :param sub_batch_size: keys per ``batch_sql`` statement.
-    :param pause_ms: milliseconds to sleep between sub-batches.
+    :param sub_batch_size: keys per ``batch_sql`` statement; ``None`` (the default) sizes each
+        statement to last ``target_statement_seconds``
+        (:class:`~airflow_provider_walthrottle.migrations.pacing.StatementSizer`).
+    :param pause_ms: milliseconds to sleep between sub-batches; ``None`` (the default) pauses as the
+        health signals ask: not at all while every reading is at most half its threshold
+        (:func:`~airflow_provider_walthrottle.migrations.pacing.signal_pause`).
     :param max_attempts: attempts of a job before the migration fails, as in GitLab (3). Only an
         error raised by the batch's own SQL ends an attempt: a job whose worker or connection was
         lost is taken over where it stopped, on the same attempt.
@@ -136,20 +92,26 @@ class RunSettings:
         :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), but for no longer
         than this (see :meth:`HealthVerdict.recheck_due`); 0 checks between every two sub-batches.
         The check before a batch always runs.
+    :param target_statement_seconds: the duration a statement aims at without ``sub_batch_size``.
+    :param max_pause_seconds: the longest pause the signals ask for without ``pause_ms``.
     """
 
-    sub_batch_size: int = 100
-    pause_ms: int = 100
+    sub_batch_size: int | None = None
+    pause_ms: int | None = None
     max_attempts: int = 3
     split_after_attempts: int = 2
     statement_timeout_ms: int | None = None
     max_pending_segments: int = 42
     policy: BatchSizePolicy = field(default_factory=BatchSizePolicy)
     recheck_seconds: float = 1.0
+    target_statement_seconds: float = DEFAULT_TARGET_STATEMENT_SECONDS
+    max_pause_seconds: float = DEFAULT_MAX_PAUSE_SECONDS
 
     def __post_init__(self) -> None:
-        whole_number("sub_batch_size", self.sub_batch_size, minimum=1, unit="rows")
-        whole_number("pause_ms", self.pause_ms, minimum=0, unit="milliseconds")
+        if self.sub_batch_size is not None:
+            whole_number("sub_batch_size", self.sub_batch_size, minimum=1, unit="rows")
+        if self.pause_ms is not None:
+            whole_number("pause_ms", self.pause_ms, minimum=0, unit="milliseconds")
         whole_number("max_attempts", self.max_attempts, minimum=1, unit="attempts")
         whole_number("split_after_attempts", self.split_after_attempts, minimum=1, unit="attempts")
         if self.statement_timeout_ms is not None:
@@ -282,6 +244,8 @@ def run_one_batch(
     rows = keys = wal_bytes = 0
     seconds = 0.0
     wal_since_check = 0  # bytes, since the last count
+    started = time.monotonic()  # the batch's wall-clock time is what the time target sizes
+    sizer = StatementSizer.for_settings(settings.sub_batch_size, settings.target_statement_seconds)
 
     def ended(outcome: Outcome, **more: Any) -> BatchResult:
         return BatchResult(
@@ -298,7 +262,7 @@ def run_one_batch(
 
     while True:
         try:
-            result = _sub_batch(store, job, settings)
+            result = _sub_batch(store, job, settings, sizer.keys)
         except JobFailedError:
             raise  # the job was released as the error said
         except RangeEscapedError as error:
@@ -326,9 +290,17 @@ def run_one_batch(
         if result.job_finished:
             break
         wal_since_check += result.wal_bytes
+        sizer = sizer.after(result.keys, result.seconds)
         try:
-            if settings.pause_ms:
-                sleep(settings.pause_ms / 1000)
+            pause = (
+                settings.pause_ms / 1000
+                if settings.pause_ms is not None
+                else signal_pause(
+                    verdict.load_now(wal_since_check), result.seconds, settings.max_pause_seconds
+                )
+            )
+            if pause:
+                sleep(pause)
             seconds_since_check = time.monotonic() - checked_at
             if verdict.recheck_due(
                 wal_since_check, seconds_since_check, recheck_seconds=settings.recheck_seconds
@@ -345,7 +317,8 @@ def run_one_batch(
             return ended(Outcome.THROTTLED)
     store.jobs.release(job)
     if keys:
-        estimate = estimate.observe(BatchObservation(rows=keys, seconds=seconds, wal_bytes=wal_bytes))
+        wall = time.monotonic() - started  # statements, pauses and checks: the whole batch
+        estimate = estimate.observe(BatchObservation(rows=keys, seconds=wall, wal_bytes=wal_bytes))
     store.accounts.record_throughput(
         batch_size=max(decision.size, 1),
         rows_per_second=estimate.rows_per_second,
@@ -366,10 +339,10 @@ def _result_for_status(store: MigrationStore, status: MigrationStatus) -> BatchR
     return BatchResult(outcome, store.accounts.progress())
 
 
-def _sub_batch(store: MigrationStore, job: Job, settings: RunSettings) -> SubBatchResult:
-    """Run the job's next sub-batch; turn an error of its SQL into a :class:`JobFailedError`."""
+def _sub_batch(store: MigrationStore, job: Job, settings: RunSettings, keys: int) -> SubBatchResult:
+    """Run the job's next sub-batch of ``keys`` keys; turn its SQL's error into a :class:`JobFailedError`."""
     try:
-        return store.executor.run(job, settings.sub_batch_size, settings.statement_timeout_ms)
+        return store.executor.run(job, keys, settings.statement_timeout_ms)
     except psycopg.Error as error:
         raise _job_failed(store, job, error, settings) from error
 

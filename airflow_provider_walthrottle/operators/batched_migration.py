@@ -31,6 +31,10 @@ from airflow_provider_walthrottle.wal.health import (
     parse_max_pending_segments,
 )
 
+#: How much a batch may grow over the last one: four times, so a migration reaches its time target
+#: within a few batches (from 1,000 keys to a million in five), not one doubling per run.
+BATCH_GROWTH = 4.0
+
 # psycopg, the hook and the batching core are imported where a task runs: they cost about 300 ms to
 # import, which every parse of a DAG file would pay.
 if TYPE_CHECKING:
@@ -47,20 +51,21 @@ if TYPE_CHECKING:
 
 class BatchedMigrationOperator(BaseOperator):
     """
-    Run one batch of a named data migration, exactly once, throttled on the WAL archival backlog.
+    Run one batch of a named data migration, exactly once, throttled on the database's health.
 
     Each task instance claims one range of about ``batch_size`` keys of ``table`` (walked by its
-    unique key ``column``) and runs ``batch_sql`` over it in sub-batches of ``sub_batch_size`` keys,
-    each committed with its progress in the provider's state tables (schema ``walthrottle``), so
-    retries, concurrent runs and killed workers never apply a range twice or skip one. Before the
-    batch and between sub-batches it checks the health gate, as
+    unique key ``column``) and runs ``batch_sql`` over it in sub-batches (statements of about
+    0.2 s, or ``sub_batch_size`` keys), each committed with its progress in the provider's state
+    tables (schema ``walthrottle``), so retries, concurrent runs and killed workers never apply a
+    range twice or skip one. Before the batch and between sub-batches it checks the health gate
+    (:class:`~airflow_provider_walthrottle.gate.HealthGate`), as
     :class:`~airflow_provider_walthrottle.sensors.wal_archival.WalArchivalSensor` does: the WAL
     backlog, replication lag, replication slots and autovacuum on ``table``, each behind its own
-    flag; when one says stop it stops with its progress committed, waits (deferred by default), and
-    goes on where it stopped. The batch size adapts to a target duration and to the WAL headroom. A finished
-    migration's task ends as skipped. The batching core's
-    :func:`~airflow_provider_walthrottle.migrations.batch.run_batch` does the work; the WAL check is
-    a :class:`~airflow_provider_walthrottle.gate.HealthGate`.
+    flag. It pauses between sub-batches as a reading nears its threshold; when one says stop, it
+    stops with its progress committed, waits (deferred by default), and goes on where it stopped.
+    The batch size adapts to a wall-clock target and to the WAL headroom. A finished migration's
+    task ends as skipped. The batching core's
+    :func:`~airflow_provider_walthrottle.migrations.batch.run_batch` does the work.
 
     .. seealso::
         :doc:`/howto/operator`
@@ -73,8 +78,9 @@ class BatchedMigrationOperator(BaseOperator):
         and last key of the range, inclusive; it must apply ``scope`` itself. (templated)
     :param scope: an SQL condition that narrows the rows planned into ranges. (templated)
     :param batch_size: the first batch's size in keys; later ones adapt.
-    :param sub_batch_size: keys per statement.
-    :param pause_ms: milliseconds between sub-batches.
+    :param sub_batch_size: keys per statement; by default each statement is sized to about 0.2 s.
+    :param pause_ms: milliseconds between sub-batches; by default no pause while every health
+        reading is at most half its threshold, then pauses that grow as one nears it.
     :param max_pending_segments: the WAL threshold; only a backlog above it stops. (templated)
     :param flag_variable: the feature flag's Airflow Variable. (templated)
     :param flag_default: the flag while its Variable is missing; an unreadable value reads as on.
@@ -84,8 +90,9 @@ class BatchedMigrationOperator(BaseOperator):
     :param on_unavailable: what a "not available" or "unknown" reading does: wait, proceed or fail.
     :param on_paused: what a paused migration (or the kill switch) does: ``"wait"`` or ``"skip"``.
     :param min_batch_size: the smallest batch the optimizer plans.
-    :param max_batch_size: the largest batch the optimizer plans.
-    :param target_batch_seconds: the duration the optimizer aims each batch at.
+    :param max_batch_size: the largest batch the optimizer plans; by default none: the time
+        target and the WAL headroom size a batch.
+    :param target_batch_seconds: the wall-clock duration the optimizer aims each batch at.
     :param max_attempts: failed runs of a job's ``batch_sql`` before the migration fails; a lost
         worker or connection uses none.
     :param statement_timeout_ms: ``statement_timeout`` of each sub-batch; repeated timeouts split the range.
@@ -120,8 +127,8 @@ class BatchedMigrationOperator(BaseOperator):
         postgres_conn_id: str = "postgres_default",
         scope: str | None = None,
         batch_size: int = 1000,
-        sub_batch_size: int = 100,
-        pause_ms: int = 100,
+        sub_batch_size: int | None = None,
+        pause_ms: int | None = None,
         max_pending_segments: int | str = DEFAULT_MAX_PENDING_SEGMENTS,
         flag_variable: str = WAL_HEALTH_FLAG,
         flag_default: bool = False,
@@ -130,7 +137,7 @@ class BatchedMigrationOperator(BaseOperator):
         on_unavailable: str | OnUnavailable = OnUnavailable.WAIT,
         on_paused: str = "wait",
         min_batch_size: int = 100,
-        max_batch_size: int = 100_000,
+        max_batch_size: int | None = None,
         target_batch_seconds: float = 30.0,
         max_attempts: int = 3,
         statement_timeout_ms: int | None = None,
@@ -159,8 +166,9 @@ class BatchedMigrationOperator(BaseOperator):
             parse_max_pending_segments(max_pending_segments)
         self.policy = BatchSizePolicy(
             min_batch_size=min(min_batch_size, self.batch_size),
-            max_batch_size=max(max_batch_size, self.batch_size),
+            max_batch_size=None if max_batch_size is None else max(max_batch_size, self.batch_size),
             target_batch_seconds=target_batch_seconds,
+            max_growth=BATCH_GROWTH,
         )
         self.postgres_conn_id = postgres_conn_id
         self.migration_name = migration_name

@@ -1,0 +1,90 @@
+"""What a batch needs to know of a health check: go on or not, and how much room is left.
+
+The gate (:mod:`airflow_provider_walthrottle.gate`) decides; the runner keeps its answer between
+sub-batches as a :class:`HealthVerdict`, trusts it while the WAL written since cannot have crossed
+a threshold, and paces its statements by how near the readings are to stopping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from airflow_provider_walthrottle.migrations.headroom import backlog_bound
+
+if TYPE_CHECKING:
+    from airflow_provider_walthrottle.gate import GateVerdict
+    from airflow_provider_walthrottle.wal.health import HealthSignal
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    """What the caller's health check decided.
+
+    :param proceed: whether the migration may write now.
+    :param health: the WAL archival backlog's signal, or ``None`` when it was not read (flag off).
+    :param load: the highest reading's share of its stop threshold (see
+        :attr:`GateVerdict.load <airflow_provider_walthrottle.gate.GateVerdict.load>`), or ``None``.
+    :param replication_headroom_bytes: the WAL that replication slots and standbys allow before they
+        stop the migration (see :attr:`GateVerdict.replication_headroom_bytes
+        <airflow_provider_walthrottle.gate.GateVerdict.replication_headroom_bytes>`), or ``None``.
+    """
+
+    proceed: bool
+    health: HealthSignal | None = None
+    replication_headroom_bytes: int | None = None
+    load: float | None = None
+
+    @classmethod
+    def from_gate(cls, verdict: GateVerdict) -> HealthVerdict:
+        """Return what the batch needs of a check of the health gate.
+
+        :param verdict: from :meth:`HealthGate.check <airflow_provider_walthrottle.gate.HealthGate.check>`.
+        """
+        return cls(verdict.proceed, verdict.health, verdict.replication_headroom_bytes, verdict.load)
+
+    def load_now(self, wal_bytes_since: int) -> float | None:
+        """The highest reading's share of its stop threshold, with the WAL written since counted in.
+
+        The WAL backlog's share is taken at its bound
+        (:func:`~airflow_provider_walthrottle.migrations.headroom.backlog_bound`, less the segment
+        being written) rather than at the count, so pauses grow as the migration writes between two
+        counts.
+
+        :param wal_bytes_since: WAL bytes the migration's statements saw written since this check.
+        """
+        health, load = self.health, self.load
+        pending = health.status.pending_segments if health is not None else None
+        if health is None or pending is None or health.status.wal_segment_size <= 0:
+            return load
+        threshold = health.max_pending_segments
+        bound = backlog_bound(pending, wal_bytes_since, health.status.wal_segment_size) - 1
+        wal_load = bound / threshold if threshold > 0 else float(bound > 0)
+        return max(wal_load, load or 0.0)
+
+    def recheck_due(self, wal_bytes_since: int, seconds_since: float, *, recheck_seconds: float) -> bool:
+        """Whether to check the backlog again before the next sub-batch, rather than trust this count.
+
+        This count is trusted only when it was a number under which the migration went on, it is
+        younger than ``recheck_seconds``, and the WAL written since cannot have completed enough
+        segments to pass the threshold it was compared with (see
+        :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), nor more than the
+        replication headroom (slots, standbys' lag). That WAL is what
+        the server wrote during this migration's statements (other sessions' included); what others
+        write between two sub-batches is not seen, which the re-check every ``recheck_seconds``
+        bounds.
+
+        :param wal_bytes_since: WAL bytes the migration's statements saw written since this count.
+        :param seconds_since: seconds since this count.
+        :param recheck_seconds: the longest a count is trusted; 0 trusts none.
+        """
+        health = self.health
+        if not self.proceed or health is None or seconds_since >= recheck_seconds:
+            return True
+        if self.replication_headroom_bytes is not None and wal_bytes_since >= self.replication_headroom_bytes:
+            return True  # the replication bound may be passed
+        status = health.status
+        if status.pending_segments is None or status.wal_segment_size <= 0:
+            return True
+        bound = backlog_bound(status.pending_segments, wal_bytes_since, status.wal_segment_size)
+        return bound > health.max_pending_segments
