@@ -7,6 +7,7 @@ sleeps and notes how long; nothing here asserts how fast anything ran.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 
@@ -68,7 +69,7 @@ def test_statements_start_small_and_grow_toward_the_time_target(migration_db):
     assert keys[0] == FIRST_STATEMENT_KEYS
     assert keys[1] > keys[0], keys  # 100 keys take far less than 50 ms here
     # never more than four times the last, and the range is walked whole
-    assert all(b <= a * MAX_STATEMENT_GROWTH for a, b in zip(keys, keys[1:])), keys
+    assert all(b <= a * MAX_STATEMENT_GROWTH for a, b in itertools.pairwise(keys)), keys
     assert sum(keys) == result.progress.total_keys
 
 
@@ -110,7 +111,7 @@ def test_pauses_come_from_how_near_the_backlog_is_to_its_threshold(
     # at 75 % of the threshold the migration writes half the time: each pause is as long as the
     # statement before it (the log rounds that to whole milliseconds)
     assert len(sleep.pauses) == len(sizes) - 1
-    for pause, (_, ms) in zip(sleep.pauses, sizes):
+    for pause, (_, ms) in zip(sleep.pauses, sizes[:-1], strict=True):
         assert abs(pause * 1000 - ms) <= 1, (sleep.pauses, sizes)
 
 
