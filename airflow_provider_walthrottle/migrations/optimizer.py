@@ -43,6 +43,7 @@ from airflow_provider_walthrottle.migrations.headroom import (
 
 __all__ = [
     "DEFAULT_ALPHA",
+    "LARGEST_BATCH",
     "LIMITS",
     "BatchObservation",
     "BatchSizeDecision",

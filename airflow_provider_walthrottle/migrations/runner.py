@@ -90,8 +90,9 @@ class RunSettings:
     :param recheck_seconds: between sub-batches, the backlog check is skipped while the last count
         plus the WAL written since cannot exceed the threshold (see
         :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), but for no longer
-        than this (see :meth:`HealthVerdict.recheck_due`); 0 checks between every two sub-batches.
-        The check before a batch always runs.
+        than this (see
+        :meth:`~airflow_provider_walthrottle.migrations.verdict.HealthVerdict.recheck_due`); 0 checks
+        between every two sub-batches. The check before a batch always runs.
     :param target_statement_seconds: the duration a statement aims at without ``sub_batch_size``.
     :param max_pause_seconds: the longest pause the signals ask for without ``pause_ms``.
     """
