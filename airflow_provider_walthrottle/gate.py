@@ -258,6 +258,8 @@ class HealthGate:
         off: Sequence[HealthIndicator],
         readings: Sequence[Reading],
         stats: Any,
+        *,
+        count_stops: bool,
     ) -> GateVerdict:
         flags_off = tuple(indicator.flag_variable for indicator in off)
         if not on:
@@ -265,7 +267,7 @@ class HealthGate:
         conn_id, actor = self.postgres_conn_id, self.actor
         record_readings(stats, readings, conn_id=conn_id, actor=actor)
         stopping = decide(readings, self.on_unavailable)
-        for reading in stopping:
+        for reading in stopping if count_stops else ():
             reason = reading.signal.value
             record_throttle(stats, conn_id=conn_id, actor=actor, reason=reason, indicator=reading.indicator)
         return GateVerdict(True, not stopping, tuple(readings), stopping, flags_off)
@@ -288,10 +290,12 @@ class HealthGate:
         """
         on, off = self._split_by_flag()
         readings = read(on, self.context(next_batch_wal_bytes)) if on else ()
-        return self._verdict(on, off, readings, task_stats())
+        return self._verdict(on, off, readings, task_stats(), count_stops=True)
 
     async def acheck(self, read: AsyncReadIndicators) -> GateVerdict:
-        """Check once from the triggerer, as :meth:`check` does; the flags are read in a thread.
+        """Check once from the triggerer, as :meth:`check` does, but count no throttle event.
+
+        The flags are read in a thread.
 
         :param read: reads indicators on an asynchronous connection, e.g.
             :meth:`WalArchivalHook.aread_indicators
@@ -302,7 +306,9 @@ class HealthGate:
 
         on, off = await sync_to_async(self._split_by_flag)()
         readings = await read(on, self.context()) if on else ()
-        return self._verdict(on, off, readings, triggerer_stats())
+        # the task that deferred counted the stop that started this wait: a poll that is still
+        # stopped is the same throttle event, not a new one; only the gauges follow the wait
+        return self._verdict(on, off, readings, triggerer_stats(), count_stops=False)
 
     def with_wal_threshold(self, max_pending_segments: int | None) -> HealthGate:
         """Return this gate with another WAL threshold, e.g. a lower one that leaves room for a batch.

@@ -189,3 +189,28 @@ def test_the_gate_counts_a_check_that_stops_tagged_with_its_indicator(task_stats
         "airflow.walthrottle.wal.pending_segments.warehouse:43|g",
         "airflow.walthrottle.wal.pending_segments.warehouse:42|g",
     ]
+
+
+def test_the_triggers_polls_keep_the_gauges_and_count_no_new_throttle_event(monkeypatch):
+    """A wait is one throttle event, counted by the task that deferred, however often it is polled."""
+    import asyncio
+
+    from airflow_provider_walthrottle.gate import HealthGate
+    from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalIndicator
+    from airflow_provider_walthrottle.wal.health import OnUnavailable
+
+    async def still_stopped(indicators, context):
+        return [reading(43, 42)]
+
+    with sending_to_statsd("triggerer", monkeypatch) as (stats, listener):
+        monkeypatch.setenv("AIRFLOW_VAR_BATCHED_MIGRATIONS_HEALTH_STATUS_WAL", "true")
+        gate = HealthGate("warehouse", (WalArchivalIndicator(),), OnUnavailable.WAIT, actor="m")
+        assert asyncio.run(gate.acheck(still_stopped)).proceed is False
+        stats.incr("walthrottle.end_of_test")  # sent after whatever the check sent
+        lines = listener.wait_for(
+            lambda lines: bool(lines) and "end_of_test" in lines[-1], prefix="airflow.walthrottle."
+        )
+    assert sorted(lines[:-1]) == [
+        "airflow.walthrottle.wal.pending_segments.warehouse:43|g",
+        "airflow.walthrottle.wal.threshold.warehouse:42|g",
+    ]
