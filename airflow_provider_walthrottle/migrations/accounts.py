@@ -1,19 +1,29 @@
-"""A migration's accounts: its throughput between tasks, its time throttled, and its progress.
+"""A migration's accounts: its throughput between tasks, where its wall-clock time went, and its progress.
 
 What the optimizer learned (the next batch size and the moving averages of throughput) is kept on
-the migration's row between tasks. So is the time the migration spent waiting on the WAL backlog:
-a wait opens when a batch stops for the backlog and closes when the next batch starts, so the
-time between tasks counts too. The migrations page reads the same figures.
+the migration's row between tasks. So are its time accounts: the wall-clock time since it started,
+split into running, throttled (by signal), waiting between batches, paused, and failed and
+retried. One entry is open at a time (``activity`` since ``activity_since``); each change closes it
+into its account and opens the next, so the accounts and the open entry always add up to the wall
+clock. :func:`~airflow_provider_walthrottle.migrations.batch.run_batch` makes the changes around
+each batch; pausing and resuming make theirs. The migrations page reads the same figures.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from psycopg.rows import class_row
+from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.migrations import queries
-from airflow_provider_walthrottle.migrations.state import MigrationStateError, Progress
+from airflow_provider_walthrottle.migrations.state import (
+    DEFAULT_THROTTLE_REASON,
+    RECENT_BATCHES,
+    RECENT_MINUTES,
+    Activity,
+    MigrationStateError,
+    Progress,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -38,7 +48,7 @@ class MigrationAccounts:
         """Keep the next batch size and the throughput estimate for the next task.
 
         :param batch_size: the size the next batch starts from.
-        :param rows_per_second: the moving average of keys walked per second.
+        :param rows_per_second: the moving average of keys walked per second of a batch's time.
         :param wal_bytes_per_row: the moving average of WAL bytes written per key.
         """
         self._update(queries.RECORD_THROUGHPUT, [batch_size, rows_per_second, wal_bytes_per_row, self.name])
@@ -51,27 +61,76 @@ class MigrationAccounts:
         """
         self._update(queries.NOTE_JOB_BACKLOG, [pending_segments, job_id])
 
-    def begin_throttle(self) -> None:
-        """Note that the migration waits on the WAL backlog, unless a wait is already open."""
-        self._update(queries.BEGIN_THROTTLE, [self.name])
+    def begin_batch(self) -> None:
+        """Note that a task runs a batch now: the time since the last change goes to its account."""
+        self._change(Activity.RUNNING)
+
+    def end_batch(self, *, progressed: bool) -> None:
+        """Note that the task's batch ended: the migration waits for the next one from now.
+
+        It is ``running`` still while another task runs a job of it, and ``paused``, ``failed`` or
+        ``finished`` if its status says so.
+
+        :param progressed: whether the batch completed a range (then it is no longer held).
+        """
+        self._change(None, release=progressed)
+
+    def begin_throttle(self, reason: str = DEFAULT_THROTTLE_REASON) -> None:
+        """Note that a health signal stopped the migration: it is throttled, and held, from now.
+
+        :param reason: the signal, as the page and the accounts name it (an indicator's name:
+            ``wal_archival``, ``replication_lag``, ...).
+        """
+        self._change(Activity.THROTTLED, reason=reason, hold=True)
 
     def end_throttle(self) -> None:
-        """Close an open wait: add its duration to the time the migration spent throttled."""
-        self._update(queries.END_THROTTLE, [self.name])
+        """Close an open wait on a health signal: the time since counts as throttled; it waits now."""
+        self._change(Activity.WAITING, only_from=Activity.THROTTLED)
+
+    def batch_failed(self) -> None:
+        """Note that the task's batch failed: its time, and the time until the next try, count as failed."""
+        self._change(Activity.FAILED, closing_as=Activity.FAILED)
 
     def progress(self) -> Progress:
-        """Sum the jobs into the migration's progress.
+        """Sum the jobs into the migration's progress, with its time accounts and recent pace.
 
         :raises MigrationStateError: if the migration is not registered.
         """
-        with self.conn.transaction(), self.conn.cursor(row_factory=class_row(Progress)) as cursor:
-            cursor.execute(queries.PROGRESS, [self.name])
-            progress = cursor.fetchone()
-        if progress is None:
+        with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(
+                queries.PROGRESS,
+                {"name": self.name, "recent_minutes": RECENT_MINUTES, "recent_batches": RECENT_BATCHES},
+            )
+            row = cursor.fetchone()
+        if row is None:
             raise MigrationStateError(f"migration {self.name!r} is not registered")
-        return progress
+        return Progress.from_row(row)
 
-    def _update(self, statement: sql.Composed, params: list[Any]) -> None:
+    def _change(
+        self,
+        activity: Activity | None,
+        *,
+        reason: str | None = None,
+        closing_as: Activity | None = None,
+        hold: bool = False,
+        release: bool = False,
+        only_from: Activity | None = None,
+    ) -> None:
+        """Close the open entry of the time accounts and open the next (:data:`~.queries.CLOCK_CHANGE`)."""
+        self._update(
+            queries.CLOCK_CHANGE,
+            {
+                "name": self.name,
+                "activity": activity,
+                "reason": reason,
+                "closing_as": closing_as,
+                "hold": hold,
+                "release": release,
+                "only_from": only_from,
+            },
+        )
+
+    def _update(self, statement: sql.Composed, params: list[Any] | dict[str, Any]) -> None:
         """Run one statement that changes the accounts, in a transaction of its own."""
         with self.conn.transaction(), self.conn.cursor() as cursor:
             cursor.execute(statement, params)

@@ -15,11 +15,13 @@ Plain Python over a psycopg connection in autocommit mode, with no Airflow impor
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from airflow_provider_walthrottle.durations import format_duration
 from airflow_provider_walthrottle.migrations.headroom import backlog_for_min_batch
 from airflow_provider_walthrottle.migrations.runner import (
     BatchResult,
@@ -28,6 +30,8 @@ from airflow_provider_walthrottle.migrations.runner import (
     Outcome,
     run_one_batch,
 )
+from airflow_provider_walthrottle.migrations.state import DEFAULT_THROTTLE_REASON
+from airflow_provider_walthrottle.wal.health import Signal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,23 +52,37 @@ class BatchDone:
     summary: dict[str, Any]
 
     def describe(self) -> str:
-        """Return the batch's line for a task log: its job, rows, progress, rate and ETA."""
+        """Return the batch's line for a task log: its job, rows, progress, both rates, ETA and time.
+
+        ``job 70 (keys 690001..700000) done, 10000 rows (10000 in this try, 0.7 s); 70.0% of 1000000
+        keys; effective rate 33.3 keys/s over the last 10 batches (33.0 since it started); statement
+        rate 14285.7 keys/s; ETA about 2 h 30 min at the last 10 batches' pace; wall clock 5 h 54 min:
+        running 1 min 45 s, throttled by wal_archival 4 min, waiting between batches 5 h 48 min``
+        """
         summary, progress = self.summary, self.result.progress
-        return (
-            "job {} (keys {}..{}) done, {} rows ({} in this try, {:.1f}s); {:.1f}% of {} keys, {} rows/s, "
-            "ETA {} s (throttled {:.0f} s so far)"
-        ).format(
-            summary["job_id"],
-            *summary["range"],
-            summary["job_rows_affected"],
-            self.result.rows_affected,
-            self.result.seconds,
-            progress.percentage,
-            progress.total_keys,
-            summary["rows_per_second"],
-            summary["eta_seconds"],
-            progress.throttled_seconds,
+        pace, eta, breakdown = progress.pace, progress.eta_seconds, progress.breakdown
+        effective = f"effective rate {_rate(progress.effective_keys_per_second)} keys/s since it started"
+        if pace is not None and progress.recent_keys_per_second is not None:
+            window = pace.description if pace.since_first_batch else f"over {pace.description}"
+            effective = (
+                f"effective rate {_rate(progress.recent_keys_per_second)} keys/s {window} "
+                f"({_rate(progress.effective_keys_per_second)} since it started)"
+            )
+        start, end = summary["range"]
+        eta_text = (
+            "unknown" if eta is None else f"{format_duration(eta, estimate=True)} {progress.eta_assumes}"
         )
+        return (
+            f"job {summary['job_id']} (keys {start}..{end}) done, {summary['job_rows_affected']} rows "
+            f"({self.result.rows_affected} in this try, {self.result.seconds:.1f} s); "
+            f"{progress.percentage:.1f}% of {progress.total_keys} keys; {effective}; "
+            f"statement rate {_rate(progress.statement_keys_per_second)} keys/s; ETA {eta_text}; "
+            f"{breakdown.describe() if breakdown is not None else 'time spent not read'}"
+        )
+
+
+def _rate(keys_per_second: float | None) -> str:
+    return "-" if keys_per_second is None else f"{keys_per_second:.1f}"
 
 
 @dataclass(frozen=True)
@@ -139,10 +157,14 @@ def run_batch(
 ) -> NextStep:
     """Run one batch with its throttle accounting, and say what to do next.
 
-    It closes the migration's open wait on the WAL backlog (the time since counts as throttled),
-    runs :func:`~airflow_provider_walthrottle.migrations.runner.run_one_batch`, keeps the backlog
-    its last check saw on the job, and, when the backlog stopped it, opens a new wait and says until
-    when to wait.
+    It keeps the migration's time accounts (see
+    :class:`~airflow_provider_walthrottle.migrations.accounts.MigrationAccounts`): the time since
+    the last change goes to its account (waiting between batches, throttled, paused, failed) and
+    the batch's to ``running``; it runs
+    :func:`~airflow_provider_walthrottle.migrations.runner.run_one_batch`, keeps the backlog its
+    last check saw on the job, and, when a health signal stopped it, opens a throttled entry under
+    that signal and says until when to wait. A batch that raises counts, with the time until the
+    next call, as failed and retried.
 
     :param store: the migration's store, from :func:`~airflow_provider_walthrottle.migrations.runner.prepare`.
     :param settings: how batches run; ``settings.max_pending_segments`` is the threshold.
@@ -159,12 +181,13 @@ def run_batch(
     """
     accounts, name = store.accounts, store.definition.name
     try:
-        accounts.end_throttle()
+        accounts.begin_batch()
         result = run_one_batch(
             store, settings, check_health, dag_id=dag_id, run_id=run_id, try_number=try_number, log=log
         )
     except psycopg.OperationalError as error:
         if not store.conn.broken:
+            _account_failure(store)
             raise
         # e.g. a restart while the backlog was checked: the job stays claimable as it was
         raise JobFailedError(
@@ -172,16 +195,20 @@ def run_batch(
             "the job resumes where it stopped",
             final=False,
         ) from None
+    except BaseException:
+        _account_failure(store)
+        raise
     if result.job is not None and result.health is not None:
         pending = result.health.status.pending_segments
         if pending is not None:
             accounts.note_backlog(result.job.id, pending)
     progress = result.progress
+    if result.outcome is Outcome.THROTTLED:
+        accounts.begin_throttle(throttle_reason(result))
+        return _wait(result, settings.max_pending_segments)
+    accounts.end_batch(progressed=result.outcome is Outcome.COMPLETED)
     if result.outcome is Outcome.COMPLETED:
         return BatchDone(result, batch_summary(name, result))
-    if result.outcome is Outcome.THROTTLED:
-        accounts.begin_throttle()
-        return _wait(result, settings.max_pending_segments)
     if result.outcome is Outcome.PAUSED:
         return Paused(f"migration {name} is paused", result)
     if result.outcome is Outcome.FINISHED:
@@ -195,6 +222,33 @@ def run_batch(
         f"({progress.jobs_open} open); nothing to claim",
         result,
     )
+
+
+def throttle_reason(result: BatchResult) -> str:
+    """Return the signal a throttled batch is put down to in the time accounts.
+
+    A stop is put down to the indicators that said stop (``wal_archival``, ``replication_lag``...,
+    joined with ``+``); a wait for room below a WAL bound (headroom) to the WAL archival backlog,
+    or to ``replication`` when the replication headroom bound the batch.
+
+    :param result: a batch whose outcome is ``throttled``.
+    """
+    decision, health = result.decision, result.health
+    if result.stopped_by:
+        return "+".join(result.stopped_by)
+    if decision is not None and decision.must_wait:
+        return "replication" if decision.limited_by == "replication" else DEFAULT_THROTTLE_REASON
+    if health is not None and health.signal is Signal.NORMAL:
+        return "another indicator"
+    return DEFAULT_THROTTLE_REASON
+
+
+def _account_failure(store: MigrationStore) -> None:
+    """Put the failed batch's time down as failed, if the connection still works; never raise."""
+    if store.conn.closed or store.conn.broken:
+        return  # the open entry stays running until the next batch
+    with contextlib.suppress(psycopg.Error):
+        store.accounts.batch_failed()
 
 
 def _wait(result: BatchResult, threshold: int) -> WaitForBacklog | WaitFixedTime:
@@ -219,10 +273,22 @@ def _wait(result: BatchResult, threshold: int) -> WaitForBacklog | WaitFixedTime
 def batch_summary(name: str, result: BatchResult) -> dict[str, Any]:
     """Return what a batch did and where the migration stands, JSON-ready (the operator's XCom).
 
+    Both rates are keys per second, under names that say which: ``effective_keys_per_second``
+    (per second of wall-clock time since the migration started), ``recent_keys_per_second`` (the
+    same over ``recent_window``) and ``statement_keys_per_second`` (per second of the statements'
+    own time: what the server does while they run). ``eta_wall_clock_seconds`` is the wall-clock
+    time left at the recent pace, which ``eta_assumes`` names; ``time_spent_seconds`` is where the
+    wall-clock time went. ``rows_per_second`` and ``eta_seconds`` are deprecated aliases of
+    ``statement_keys_per_second`` and ``eta_wall_clock_seconds``, removed in 0.3 (before 0.2,
+    ``eta_seconds`` left out the time between batches).
+
     :param name: the migration's name.
     :param result: the batch's result.
     """
     progress, job = result.progress, result.job
+    statement_rate = _rounded(progress.statement_keys_per_second)
+    eta = _rounded(progress.eta_seconds)
+    breakdown = progress.breakdown
     return {
         "migration": name,
         "outcome": result.outcome.value,
@@ -238,8 +304,20 @@ def batch_summary(name: str, result: BatchResult) -> dict[str, Any]:
         "total_keys": progress.total_keys,
         "percentage": round(progress.percentage, 2),
         "key_position": progress.cursor_key,
-        "rows_per_second": round(result.rows_per_second, 1) if result.rows_per_second else None,
-        "eta_seconds": round(progress.eta_seconds, 1) if progress.eta_seconds is not None else None,
+        "effective_keys_per_second": _rounded(progress.effective_keys_per_second),
+        "recent_keys_per_second": _rounded(progress.recent_keys_per_second),
+        "recent_window": progress.pace.description if progress.pace is not None else None,
+        "statement_keys_per_second": statement_rate,
+        "eta_wall_clock_seconds": eta,
+        "eta_assumes": progress.eta_assumes,
+        "time_spent_seconds": breakdown.to_dict() if breakdown is not None else None,
         "throttled_seconds": round(progress.throttled_seconds, 1),
         "batch_size": result.decision.size if result.decision else None,
+        # deprecated aliases, removed in 0.3
+        "rows_per_second": statement_rate,
+        "eta_seconds": eta,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

@@ -133,6 +133,7 @@ class BatchResult:
     :param decision: how the size of a newly planned batch was chosen.
     :param health: the last health signal seen.
     :param rows_per_second: the migration's moving average after this call.
+    :param stopped_by: the indicators that stopped a throttled call (``wal_archival``...).
     """
 
     outcome: Outcome
@@ -145,6 +146,7 @@ class BatchResult:
     decision: BatchSizeDecision | None = None
     health: HealthSignal | None = None
     rows_per_second: float | None = None
+    stopped_by: tuple[str, ...] = ()
 
 
 class JobFailedError(RuntimeError):
@@ -211,7 +213,9 @@ def run_one_batch(
     verdict = check_health()
     checked_at = time.monotonic()
     if not verdict.proceed:
-        return BatchResult(Outcome.THROTTLED, store.accounts.progress(), health=verdict.health)
+        return BatchResult(
+            Outcome.THROTTLED, store.accounts.progress(), health=verdict.health, stopped_by=verdict.stopped_by
+        )
 
     estimate = ThroughputEstimate(migration.rows_per_second, migration.wal_bytes_per_row)
     status = verdict.health.status if verdict.health is not None else None
@@ -315,7 +319,7 @@ def run_one_batch(
             raise
         if not verdict.proceed:
             store.jobs.release(job, status=JobStatus.PAUSED)
-            return ended(Outcome.THROTTLED)
+            return ended(Outcome.THROTTLED, stopped_by=verdict.stopped_by)
     store.jobs.release(job)
     if keys:
         wall = time.monotonic() - started  # statements, pauses and checks: the whole batch

@@ -23,6 +23,7 @@ class HealthVerdict:
 
     :param proceed: whether the migration may write now.
     :param health: the WAL archival backlog's signal, or ``None`` when it was not read (flag off).
+    :param stopped_by: the indicators that said stop, by name.
     :param load: the highest reading's share of its stop threshold (see
         :attr:`GateVerdict.load <airflow_provider_walthrottle.gate.GateVerdict.load>`), or ``None``.
     :param replication_headroom_bytes: the WAL that replication slots and standbys allow before they
@@ -34,6 +35,7 @@ class HealthVerdict:
     health: HealthSignal | None = None
     replication_headroom_bytes: int | None = None
     load: float | None = None
+    stopped_by: tuple[str, ...] = ()
 
     @classmethod
     def from_gate(cls, verdict: GateVerdict) -> HealthVerdict:
@@ -41,7 +43,10 @@ class HealthVerdict:
 
         :param verdict: from :meth:`HealthGate.check <airflow_provider_walthrottle.gate.HealthGate.check>`.
         """
-        return cls(verdict.proceed, verdict.health, verdict.replication_headroom_bytes, verdict.load)
+        stopped_by = tuple(reading.indicator for reading in verdict.stopping)
+        return cls(
+            verdict.proceed, verdict.health, verdict.replication_headroom_bytes, verdict.load, stopped_by
+        )
 
     def load_now(self, wal_bytes_since: int) -> float | None:
         """The highest reading's share of its stop threshold, with the WAL written since counted in.

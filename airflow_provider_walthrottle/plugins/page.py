@@ -80,6 +80,27 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _rate(keys_per_second: float | None, unit: bool = True) -> str:
+    """``12,345 keys/s``, ``42.5 keys/s``, ``0.35 keys/s``: at most three figures below 100."""
+    if keys_per_second is None:
+        return "-"
+    if keys_per_second == 0 or keys_per_second >= 100:
+        number = f"{keys_per_second:,.0f}"
+    else:
+        number = f"{keys_per_second:.{1 if keys_per_second >= 1 else 2}f}"
+    return f"{number} keys/s" if unit else number
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else 0.0
+
+
+def _percent(part: float, whole: float) -> str:
+    """``42%``; ``<1%`` for a part too small to round to 1 % that is not nothing."""
+    share = 100 * _share(part, whole)
+    return "<1%" if 0 < share < 0.5 else f"{share:.0f}%"
+
+
 def _thousands(value: int) -> str:
     return f"{value:,}"
 
@@ -98,7 +119,13 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.filters.update(
-        duration=_duration, number=_number, thousands=_thousands, path_segment=_path_segment
+        duration=_duration,
+        number=_number,
+        rate=_rate,
+        share=_share,
+        percent=_percent,
+        thousands=_thousands,
+        path_segment=_path_segment,
     )
     return environment
 

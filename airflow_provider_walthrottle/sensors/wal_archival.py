@@ -142,8 +142,8 @@ class WalArchivalSensor(BaseSensorOperator):
             raise AirflowException(event.get("message", f"WAL archival trigger failed: {event!r}"))
         verdict: dict[str, Any] = event["verdict"]
         if not verdict["checked"]:
-            flags = verdict["flags_off"]
-            self.log.info("Feature flags %s were turned off during the wait: proceeding", flags)
+            flags = ", ".join(verdict["flags_off"])
+            self.log.info("Feature flags %s are off, turned off during the wait: proceeding", flags)
         else:
             readings = verdict["indicators"].values()
             passed = "; ".join(f"{r['indicator']} {r['signal']}: {r['reason']}" for r in readings)

@@ -1,9 +1,10 @@
 """The "Batched migrations" page and its API, served by a real api-server, read in real Chromium.
 
 The database side is real: a PostgreSQL cluster with a gated archiver, migrations run with the
-batching core against its real backlog (one throttled by 50 pending segments, one paused, one
-finished after rows were deleted under it, one with a ``/`` in its name), and a second configured
-connection that points at a closed port. Airflow is a real api-server (only that component: the
+batching core's ``run_batch`` against its real backlog, with real time between their batches (one
+throttled by 50 pending segments, one waiting for its next batch, one paused, one finished after
+rows were deleted under it, one with a ``/`` in its name), and a second configured connection that
+points at a closed port. Airflow is a real api-server (only that component: the
 page needs no scheduler) with SimpleAuthManager and one user per role. One test starts a second
 api-server whose page also reads a server that accepts connections and never answers.
 
@@ -35,14 +36,9 @@ import pytest
 
 from airflow_provider_walthrottle.durations import format_duration
 from airflow_provider_walthrottle.flags import KILL_SWITCH_VARIABLE, WAL_HEALTH_FLAG
+from airflow_provider_walthrottle.migrations.batch import BatchDone, Finished, WaitForBacklog, run_batch
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
-from airflow_provider_walthrottle.migrations.runner import (
-    HealthVerdict,
-    Outcome,
-    RunSettings,
-    prepare,
-    run_one_batch,
-)
+from airflow_provider_walthrottle.migrations.runner import HealthVerdict, RunSettings, prepare
 from airflow_provider_walthrottle.wal.health import OnUnavailable, evaluate_wal_archival, may_proceed
 from airflow_provider_walthrottle.wal.queries import read_archiver_status
 from tests.support.airflow_standalone import AirflowStandalone, free_port, make_home
@@ -58,10 +54,13 @@ CONN_ID = "pg_ui"
 DOWN_CONN_ID = "pg_down"
 DOWN_PORT = free_port()  # nothing listens there
 THROTTLED = "orders_backfill"
+WAITING = "refunds_backfill"  # between two batches, with an ETA
 PAUSED = "users_cleanup"
 FINISHED = "events_backfill"  # its last rows were deleted while it ran
 SLASHED = "billing/invoices_cleanup"
 USERS = ("admin", "viewer", "user", "op")
+#: Seconds between two batches of a migration in the fixture: its schedule
+GAP = 0.3
 #: Airflow's ``[core] default_timezone`` for the page's api-server, and the database server's zone
 AIRFLOW_TIMEZONE, DATABASE_TIMEZONE = "Europe/Amsterdam", "Asia/Tokyo"
 ARTIFACTS = Path(os.environ.get("WALTHROTTLE_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
@@ -81,6 +80,7 @@ def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
     cluster = pg_cluster_factory(name="ui", wal_segsize_mb=1, extra_conf={"timezone": DATABASE_TIMEZONE})
     cluster.archive_one_segment()
     make_table(cluster, "orders", 3000)
+    make_table(cluster, "refunds", 3000)
     make_table(cluster, "users", 600)
     make_table(cluster, "events", 3000)
     make_table(cluster, "invoices", 300)
@@ -94,28 +94,30 @@ def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
             return HealthVerdict(proceed=may_proceed(health, OnUnavailable.WAIT), health=health)
 
         def run(store: Any, dag_id: str = "ui_dag") -> Any:
-            # what the operator does after each batch: keep the backlog its last check saw
-            result = run_one_batch(store, settings, check_health, dag_id=dag_id, run_id="manual__1")
-            if result.job is not None and result.health is not None:
-                store.note_backlog(result.job.id, result.health.status.pending_segments)
-            return result
+            # as the operator does: run_batch keeps the backlog each job saw and the time accounts
+            return run_batch(store, settings, check_health, dag_id=dag_id, run_id="manual__1")
+
+        def run_on_schedule(store: Any, batches: int, dag_id: str = "ui_dag") -> None:
+            for _ in range(batches):
+                assert isinstance(run(store, dag_id), BatchDone)
+                time.sleep(GAP)
 
         orders = prepare(conn, increment_migration(THROTTLED, "orders"), batch_size=300)
-        for _ in range(3):
-            assert run(orders).outcome is Outcome.COMPLETED
+        run_on_schedule(orders, 3)
+        refunds = prepare(conn, increment_migration(WAITING, "refunds"), batch_size=300)
+        run_on_schedule(refunds, 3, "refunds_dag")
         users = prepare(conn, increment_migration(PAUSED, "users"), batch_size=100)
-        assert run(users).outcome is Outcome.COMPLETED
+        run_on_schedule(users, 1)
         users.set_paused(True)
         events = prepare(conn, increment_migration(FINISHED, "events"), batch_size=300)
-        assert run(events, "events_dag").outcome is Outcome.COMPLETED
+        assert isinstance(run(events, "events_dag"), BatchDone)
         cluster.execute("DELETE FROM events WHERE id > 1100")  # the first batch walked about 1050 ids
-        outcomes = [run(events, "events_dag").outcome for _ in range(3)]
-        assert Outcome.FINISHED in outcomes, outcomes
+        steps = [run(events, "events_dag") for _ in range(3)]
+        assert any(isinstance(step, Finished) for step in steps), steps
         prepare(conn, increment_migration(SLASHED, "invoices"), batch_size=100)
         cluster.make_backlog(50)
         throttled = run(orders)
-        assert throttled.outcome is Outcome.THROTTLED, throttled
-        orders.begin_throttle()  # as the operator does before it defers
+        assert isinstance(throttled, WaitForBacklog), throttled
     return cluster
 
 
@@ -322,13 +324,40 @@ def test_the_overview_shows_the_backlog_the_throttled_migration_and_the_broken_c
     assert throttled["throttled_since"] is not None
     assert 0 < throttled["percentage"] < 100
     assert throttled["keys_done"] == sum(job["keys_done"] for job in throttled["recent_jobs"])
-    assert throttled["rows_per_second"] and throttled["rows_per_second"] > 0
-    assert throttled["eta_seconds"] and throttled["eta_seconds"] > 0
+    # held by the backlog: how long, not an ETA that counts down
+    assert (throttled["eta_wall_clock_seconds"], throttled["eta_seconds"]) == (None, None)
+    assert (throttled["activity"], throttled["held_by"]) == ("throttled", "throttled by wal_archival")
+    assert throttled["held_seconds"] >= 0
+    assert throttled["time_spent_seconds"]["throttled_by"].keys() == {"wal_archival"}
     assert [job["status"] for job in throttled["recent_jobs"]] == ["succeeded"] * 3
     # the chart's points: one per finished job, with the backlog its last check saw (< 42 then)
     assert len(throttled["history"]) == 3
     assert all(0 <= point["pending_segments"] <= 42 for point in throttled["history"])
-    assert (paused["status"], paused["throttling"]) == ("paused", False)
+    assert (paused["status"], paused["throttling"], paused["held_by"]) == ("paused", False, "paused")
+
+    # both rates, each named: keys per wall-clock second, and while the statements run
+    waiting = migrations[WAITING]
+    assert (waiting["activity"], waiting["held_by"]) == ("waiting", None)
+    effective, statement = waiting["effective_keys_per_second"], waiting["statement_keys_per_second"]
+    assert 0 < effective < statement
+    assert waiting["recent_keys_per_second"] > 0 and waiting["recent_window"] == "since the first batch"
+    assert waiting["rows_per_second"] == statement  # the deprecated alias
+    # the ETA from the effective rate, saying what it assumes
+    left = waiting["total_keys"] - waiting["keys_done"]
+    assert waiting["eta_wall_clock_seconds"] == pytest.approx(left / waiting["recent_keys_per_second"])
+    assert waiting["eta_seconds"] == waiting["eta_wall_clock_seconds"]  # the deprecated alias
+    assert waiting["eta_assumes"] == "at the pace since the first batch"
+    # where the time went: running, then GAP seconds after each batch, waiting for the next
+    spent = waiting["time_spent_seconds"]
+    assert spent["waiting_between_batches"] >= 3 * GAP - 0.1
+    parts = ("running", "throttled", "waiting_between_batches", "paused", "failed_and_retried")
+    assert sum(spent[part] for part in parts) == pytest.approx(spent["wall_clock"], abs=0.3)
+    assert spent["not_recorded"] <= 0.1
+    # the chart's effective rate: keys per wall-clock second over the batches up to each job, in
+    # whole cycles (none for the first): about one batch per GAP
+    rates = [point["effective_keys_per_second"] for point in waiting["history"]]
+    assert rates[0] is None and len(rates) == 3
+    assert all(300 / (GAP + 0.5) < rate < 300 / GAP for rate in rates[1:]), rates
 
     down = connections[DOWN_CONN_ID]
     assert down["migrations"] == [] and down["health"] is None
@@ -391,8 +420,54 @@ def test_the_page_shows_every_time_in_airflows_default_timezone_with_the_zone(ai
     for moment in charted:
         assert f"{moment.in_timezone(AIRFLOW_TIMEZONE).format('HH:mm:ss zz')}</text>" in details
     # the ETA is an estimate, and says so
-    row = page.split(f"id='migration-{CONN_ID}-{THROTTLED}'")[1].split("</tr>")[0]
-    assert "<td class='num'>about " in row, row
+    row = page.split(f"id='migration-{CONN_ID}-{WAITING}'")[1].split("</tr>")[0]
+    assert "<td class='num eta'>about " in row, row
+
+
+def test_the_page_shows_both_rates_the_eta_with_its_assumption_and_where_the_time_went(airflow_ui, tokens):
+    status, overview = call(airflow_ui, "GET", "/walthrottle/api/overview", token=tokens["viewer"])
+    assert status == 200
+    migrations = {m["name"]: m for m in overview["connections"][0]["migrations"]}
+    status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["viewer"])
+    assert status == 200
+
+    def cell(name: str, kind: str) -> str:
+        row = page.split(f"id='migration-{CONN_ID}-{name}'")[1].split("</tr>")[0]
+        return row.split(f"<td class='{kind}'>")[1].split("</td>")[0]
+
+    waiting = migrations[WAITING]
+    # the statement rate is keys over the statements' time, which waits do not change: as in JSON
+    statement = f"{waiting['statement_keys_per_second']:,.0f} keys/s"
+    assert cell(WAITING, "num rate-statement") == f"{statement}<div class='muted'>while statements run</div>"
+    # the effective rate is read again with the page, a little later: lower, never higher
+    effective = cell(WAITING, "num rate-effective")
+    rates = re.fullmatch(
+        r"([\d,.]+) keys/s<div class='muted'>since the first batch; ([\d,.]+) since it started</div>",
+        effective,
+    )
+    assert rates, effective
+    recent, since_start = (float(rate.replace(",", "")) for rate in rates.groups())
+    assert recent == pytest.approx(waiting["recent_keys_per_second"], rel=0.5)
+    assert since_start == pytest.approx(waiting["effective_keys_per_second"], rel=0.5)
+    assert recent < waiting["statement_keys_per_second"] / 2
+    eta = cell(WAITING, "num eta")
+    assert re.fullmatch(
+        r"about \d+ (s|min)<div class='muted'>at the pace since the first batch</div>", eta
+    ), eta
+    bar = cell(WAITING, "time-spent")
+    assert "<rect class='t-running'" in bar and "<rect class='t-waiting'" in bar
+    assert re.search(r"<title>waiting between batches: [^<]+ \(\d+%\)</title>", bar), bar
+    # held migrations show how long, and by what; the finished one is done
+    assert re.fullmatch(
+        r"held [^<]+<div class='muted'>throttled by wal_archival</div>", cell(THROTTLED, "num eta")
+    )
+    assert re.fullmatch(r"held [^<]+<div class='muted'>paused</div>", cell(PAUSED, "num eta"))
+    assert cell(FINISHED, "num eta") == "done"
+    # the details: the breakdown as a table, and the effective rate's chart
+    details = page.split(f"<summary><b>{THROTTLED}</b>")[1].split("</details>")[0]
+    assert "<th>Where the wall-clock time went</th>" in details
+    assert "throttled by wal_archival</td>" in details and "waiting between batches</td>" in details
+    assert "aria-label='effective rate per job, keys per wall-clock second'" in details
 
 
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>'\" x='&amp;"
@@ -573,6 +648,32 @@ def test_the_page_in_chromium_shows_the_throttled_migration_and_its_buttons_work
             # the inline stylesheet applied under the policy (its hash matches)
             badge = page.locator(f"tr#migration-{CONN_ID}-{PAUSED} .badge")
             assert badge.evaluate("element => getComputedStyle(element).borderRadius") == "10px"
+            # both rates, the ETA with what it assumes, and where the time went, as a person reads them
+            headers = page.locator(f"#conn-{CONN_ID} table").first.locator("th").all_inner_texts()
+            assert {"Effective rate", "Statement rate", "ETA", "Where the time went"} <= set(headers), headers
+            waiting = page.locator(f"tr#migration-{CONN_ID}-{WAITING}")
+            effective = waiting.locator("td.rate-effective").inner_text()
+            assert re.fullmatch(
+                r"[\d,.]+ keys/s\s+since the first batch; [\d,.]+ since it started", effective
+            )
+            assert re.fullmatch(
+                r"[\d,.]+ keys/s\s+while statements run", waiting.locator("td.rate-statement").inner_text()
+            )
+            eta = waiting.locator("td.eta").inner_text()
+            assert re.fullmatch(r"about \d+ (s|min)\s+at the pace since the first batch", eta), eta
+            spent = waiting.locator("td.time-spent").inner_text()
+            assert re.fullmatch(r"\d+ s: running (<1|\d+)%, waiting between batches \d+%", spent), spent
+            held = highlighted.locator("td.eta").inner_text()
+            assert re.fullmatch(r"held \d+(\.\d)? (s|min)( \d+ s)?\s+throttled by wal_archival", held), held
+            # the bar's parts take their colours from the stylesheet
+            waiting_part = waiting.locator("rect.t-waiting")
+            assert waiting_part.evaluate("element => getComputedStyle(element).fill") == "rgb(160, 174, 192)"
+            # the throttled migration's details: the breakdown as a table, and the effective rate's chart
+            details = page.locator("details[open]").filter(has_text=THROTTLED)
+            table = details.locator("table.time-table").inner_text()
+            assert "throttled by wal_archival" in table and "waiting between batches" in table, table
+            assert details.locator("svg.rate-chart").count() == 1
+            page.locator("summary").filter(has_text=WAITING).click()  # its details too, for the picture
             page.screenshot(path=str(ARTIFACTS / "migrations-page.png"), full_page=True)
 
             # a User may resume: the button calls the API with the session cookie
@@ -730,6 +831,7 @@ def parsed(page: str) -> ParsedPage:
 def hostile_page_data(text: str) -> tuple[list[Any], list[Any]]:
     """Connections and flags with ``text`` in every string the page shows."""
     from airflow_provider_walthrottle.migrations.catalog import HistoryPoint, JobSummary, MigrationSummary
+    from airflow_provider_walthrottle.migrations.state import Activity, RecentPace, TimeAccounts
     from airflow_provider_walthrottle.plugins.overview import ConnectionOverview, FlagView
     from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus, BacklogMethod
     from airflow_provider_walthrottle.wal.health import HealthSignal, Signal
@@ -770,7 +872,23 @@ def hostile_page_data(text: str) -> tuple[list[Any], list[Any]]:
         started_at=at,
         finished_at=at,
     )
-    history = tuple(HistoryPoint(at + datetime.timedelta(minutes=i), 100, 3 + i, 100, 0.3) for i in range(2))
+    history = tuple(
+        HistoryPoint(
+            at + datetime.timedelta(minutes=i), 100, 3 + i, 100, 0.3, 100, 100 * (i + 1), 60.0 * (i + 1)
+        )
+        for i in range(2)
+    )
+    ago = datetime.timedelta
+    time_accounts = TimeAccounts(
+        started_at=at - ago(seconds=200),
+        read_at=at,
+        activity=Activity.PAUSED,
+        activity_since=at - ago(seconds=20),
+        held_since=at - ago(seconds=20),
+        running_seconds=8.0,
+        waiting_seconds=150.0,
+        throttled_by={text: 22.0},  # a signal's name as a later indicator may report it
+    )
     migration = MigrationSummary(
         name=text,
         table_schema=text,
@@ -795,6 +913,8 @@ def hostile_page_data(text: str) -> tuple[list[Any], list[Any]]:
         read_at=at,
         recent_jobs=(job,),
         history=history,
+        time=time_accounts,
+        pace=RecentPace(keys=100, seconds=180.0, batches=1, minutes=None, since_first_batch=True),
     )
     health = HealthSignal(Signal.STOP, text, status, 42)
     connections = [
@@ -859,11 +979,38 @@ def test_times_are_shown_in_the_configured_zone_with_the_zone(monkeypatch, confi
 def test_durations_on_the_page_come_from_one_function():
     connections, flags = hostile_page_data("x")
     row = render(connections, flags).split("id='migration-x-x'")[1].split("</tr>")[0]
-    eta = connections[0].migrations[0].eta_seconds
-    assert eta is None  # paused: no ETA
-    assert "<td class='num'>-</td>" in row
-    running = dataclasses.replace(connections[0].migrations[0], status="active")
+    paused = connections[0].migrations[0]
+    assert paused.eta_seconds is None  # paused: no ETA, but how long it has been held
+    assert f"<td class='num eta'>held {format_duration(20.0)}<div class='muted'>paused</div></td>" in row
+    running = dataclasses.replace(paused, status="active")
     connections[0] = dataclasses.replace(connections[0], migrations=(running,))
     row = render(connections, flags).split("id='migration-x-x'")[1].split("</tr>")[0]
-    assert f"<td class='num'>{format_duration(running.eta_seconds, estimate=True)}</td>" in row
-    assert "<td class='num'>about 1 min</td>" in row  # 900 keys left at 12.5 keys/s: 72 s
+    eta = format_duration(running.eta_seconds, estimate=True)
+    assert f"<td class='num eta'>{eta}<div class='muted'>at the pace since the first batch</div></td>" in row
+    assert eta == "about 27 min"  # 900 keys left at 100 keys in 180 s of wall-clock time
+    # the breakdown's parts, each through the same function
+    assert f"<title>waiting between batches: {format_duration(150.0)} (75%)</title>" in row
+    assert f"<title>running: {format_duration(8.0)} (4%)</title>" in row
+
+
+def test_the_page_names_both_rates_and_the_charts_effective_rate():
+    connections, flags = hostile_page_data("x")
+    # 100 keys in 8.1 ms of statements
+    running = dataclasses.replace(
+        connections[0].migrations[0], status="active", active_seconds=100 / 12_345.6
+    )
+    connections[0] = dataclasses.replace(connections[0], migrations=(running,))
+    page = render(connections, flags)
+    row = page.split("id='migration-x-x'")[1].split("</tr>")[0]
+    effective = "0.56 keys/s<div class='muted'>since the first batch; 0.50 since it started</div>"
+    assert f"<td class='num rate-effective'>{effective}</td>" in row
+    assert (
+        "<td class='num rate-statement'>12,346 keys/s<div class='muted'>while statements run</div></td>"
+        in row
+    )
+    # the rate chart: 100 keys in 60 s, then 200 in 120 s: 1.67 keys/s both times, a flat line
+    chart = page.split("<svg class='rate-chart'")[1].split("</svg>")[0]
+    assert "effective rate (keys per wall-clock second, last 10 batches)" in chart
+    (points,) = re.findall(r"<polyline points='([^']+)'", chart)
+    heights = {point.split(",")[1] for point in points.split()}
+    assert len(points.split()) == 2 and len(heights) == 1
