@@ -90,6 +90,18 @@ class GateVerdict:
         return min(bounds) if bounds else None
 
     @property
+    def replication_capacity_bytes(self) -> int | None:
+        """The whole bound of the reading that gives :attr:`replication_headroom_bytes`."""
+        bound = [
+            reading
+            for reading in self.readings
+            if reading.wal_headroom_bytes is not None and not isinstance(reading, WalArchivalReading)
+        ]
+        if not bound:
+            return None
+        return min(bound, key=lambda reading: reading.wal_headroom_bytes or 0).wal_bound_bytes
+
+    @property
     def load(self) -> float | None:
         """The highest reading's share of its stop threshold (1 at the threshold), or ``None``."""
         loads = [reading.load for reading in self.readings if reading.load is not None]

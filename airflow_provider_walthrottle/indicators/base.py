@@ -69,6 +69,8 @@ class Reading:
     :param wal_headroom_bytes: how many more bytes of WAL may be written before this indicator
         would stop, or ``None`` if it sets no WAL bound. The batch-size optimizer sizes a batch
         under the smallest headroom of all readings.
+    :param wal_bound_bytes: the whole of that WAL bound, when nothing is retained or behind (the
+        indicator's own threshold in bytes), or ``None``: waiting can never give more room than it.
     :param load: how near the measurement is to its stop threshold: 0 for none, 1 at the
         threshold; ``None`` for a signal without degrees (autovacuum). Above half, the migration
         pauses between sub-batches, more the nearer it gets (signal-paced pauses).
@@ -81,6 +83,7 @@ class Reading:
     details: Mapping[str, Any] = field(default_factory=dict)
     wal_headroom_bytes: int | None = None
     load: float | None = None
+    wal_bound_bytes: int | None = None
 
     @property
     def label(self) -> str:
@@ -102,12 +105,14 @@ class Reading:
         """Return the reading as JSON-ready values, e.g. for XCom or ``walthrottle status --json``."""
         return {
             "indicator": self.indicator,
+            "label": self.label,
             "signal": self.signal.value,
             "reason": self.reason,
             "values": dict(self.values),
             "details": dict(self.details),
             "wal_headroom_bytes": self.wal_headroom_bytes,
             "load": self.load,
+            "wal_bound_bytes": self.wal_bound_bytes,
         }
 
 

@@ -374,4 +374,7 @@ def _judge(
         fraction_of(values["max_replay_lag_bytes"], max_bytes),
     ]
     load = max((x for x in loads if x is not None), default=None)
-    return Reading(name, signal, reason, values, details, wal_headroom_bytes=headroom, load=load)
+    bound = int(max_bytes) if headroom is not None else None
+    return Reading(
+        name, signal, reason, values, details, wal_headroom_bytes=headroom, load=load, wal_bound_bytes=bound
+    )

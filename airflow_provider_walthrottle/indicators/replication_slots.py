@@ -218,9 +218,17 @@ def _judge(name: str, rows: list[dict[str, Any]], limit: int, next_batch: int | 
     }
     headroom = min(headrooms, default=None)
     load = fraction_of(values["max_slot_retained_bytes"], limit)
+    bound = int(limit) if headroom is not None else None
     if stops:
         return Reading(
-            name, Signal.STOP, "; ".join(stops), values, details, wal_headroom_bytes=headroom, load=load
+            name,
+            Signal.STOP,
+            "; ".join(stops),
+            values,
+            details,
+            wal_headroom_bytes=headroom,
+            load=load,
+            wal_bound_bytes=bound,
         )
     if not entries:
         return Reading(
@@ -235,4 +243,13 @@ def _judge(name: str, rows: list[dict[str, Any]], limit: int, next_batch: int | 
         )
     if safe_all:
         reason += f"; least safe_wal_size {format_bytes(min(safe_all))}"
-    return Reading(name, Signal.NORMAL, reason, values, details, wal_headroom_bytes=headroom, load=load)
+    return Reading(
+        name,
+        Signal.NORMAL,
+        reason,
+        values,
+        details,
+        wal_headroom_bytes=headroom,
+        load=load,
+        wal_bound_bytes=bound,
+    )

@@ -125,5 +125,6 @@ def wal_archival_reading(health: HealthSignal) -> WalArchivalReading:
         details={"method": status.method.value, "archiver_failing": status.is_failing},
         wal_headroom_bytes=headroom,
         load=fraction_of(pending, threshold),
+        wal_bound_bytes=threshold * status.wal_segment_size,
         health=health,
     )

@@ -255,7 +255,10 @@ def _wait(result: BatchResult, threshold: int) -> WaitForBacklog | WaitFixedTime
     """Say how long a throttled batch waits: for the threshold, or for room for the smallest batch."""
     decision, health = result.decision, result.health
     if decision is None or not decision.must_wait:
-        reason = health.summary() if health else "the WAL backlog is too long"
+        if result.stopped_by and "wal_archival" not in result.stopped_by:
+            reason = f"stopped by {', '.join(result.stopped_by)} (see the check's line above)"
+        else:
+            reason = health.summary() if health else "the WAL backlog is too long"
         return WaitForBacklog(threshold, f"throttled: {reason}", result)
     # the backlog is below the threshold, but not by enough for the smallest batch
     reason = f"throttled: {decision.describe()}"

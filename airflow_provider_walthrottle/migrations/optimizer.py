@@ -210,6 +210,8 @@ class BatchSizeDecision:
     :param policy: the policy the decision used.
     :param replication_headroom_bytes: the WAL replication slots and standbys allowed; ``None`` if they
         set no bound.
+    :param beyond_bound: whether the WAL or replication bound could not take ``min_batch_size`` even
+        wholly free, so the smallest batch runs to measure again instead of waiting for ever.
     """
 
     size: int
@@ -222,6 +224,7 @@ class BatchSizeDecision:
     estimate: ThroughputEstimate | None = None
     policy: BatchSizePolicy | None = None
     replication_headroom_bytes: int | None = None
+    beyond_bound: bool = False
 
     def __post_init__(self) -> None:
         if self.limited_by not in LIMITS:
@@ -244,6 +247,10 @@ class BatchSizeDecision:
             else f"next batch {self.size} rows"
         )
         notes = [f"limited by {self.limited_by}: {self._reason()}"]
+        if self.beyond_bound:
+            notes.append(
+                "the smallest batch's projected WAL exceeds the whole bound: it runs to measure again"
+            )
         if self.by_time is not None and self.limited_by != "time":
             notes.append(f"time target asks {self.by_time}")
         if self.by_wal is not None and self.limited_by != "wal":
@@ -289,6 +296,24 @@ class BatchSizeDecision:
         return f"no throughput estimate yet, starting from {self.current_size}"
 
 
+def _room_never_comes(
+    limited_by: str,
+    min_batch_size: int,
+    wal_bytes_per_row: float | None,
+    *,
+    whole_wal_bytes: int | None,
+    whole_replication_bytes: int | None,
+) -> bool:
+    """Whether the bound that limits a batch could not take ``min_batch_size`` even wholly free.
+
+    ``None`` for a bound means: not wholly free yet, or unknown; a wait may still bring room.
+    """
+    whole = {"wal": whole_wal_bytes, "replication": whole_replication_bytes}.get(limited_by)
+    if whole is None or wal_bytes_per_row is None or wal_bytes_per_row <= 0:
+        return False
+    return min_batch_size * wal_bytes_per_row > whole
+
+
 def next_batch_size(
     current_size: int,
     estimate: ThroughputEstimate,
@@ -298,6 +323,7 @@ def next_batch_size(
     max_pending_segments: int,
     wal_segment_size: int,
     replication_headroom_bytes: int | None = None,
+    replication_capacity_bytes: int | None = None,
 ) -> BatchSizeDecision:
     """Decide how many rows the next batch should process.
 
@@ -313,6 +339,14 @@ def next_batch_size(
     :param replication_headroom_bytes: the WAL that replication allows before it would stop the
         migration (a slot's retention threshold or ``safe_wal_size``, a standby's lag in bytes);
         ``None`` for no bound. A batch is sized under it as under the archival headroom.
+    :param replication_capacity_bytes: that bound when nothing is retained or behind (the
+        indicator's own threshold); ``None`` if unknown.
+
+    A bound that cannot take ``min_batch_size`` even wholly free (the archival threshold once
+    nothing is pending, or the replication bound's capacity) does not make the caller wait,
+    which would be for ever: the estimate of WAL bytes per row comes from the server's whole WAL
+    during a batch, and another session's burst can inflate it, which only a batch that runs can
+    correct. Then the decision is ``min_batch_size`` (:attr:`BatchSizeDecision.beyond_bound`).
     :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
     :raises ValueError: if ``current_size`` is negative, or if the backlog is given with a negative
         count, threshold or segment size.
@@ -350,12 +384,26 @@ def next_batch_size(
         if by_replication is not None and by_replication < size:
             size, limited_by = by_replication, "replication"
 
+    beyond_bound = False
+    if size < policy.min_batch_size and _room_never_comes(
+        limited_by,
+        policy.min_batch_size,
+        estimate.wal_bytes_per_row,
+        # the archival bound is whole once nothing is pending, which a wait for the archiver brings
+        whole_wal_bytes=max_pending_segments * wal_segment_size if pending_segments == 0 else None,
+        whole_replication_bytes=replication_capacity_bytes,
+    ):
+        # waiting would not help: only a batch that runs can correct the estimate, and the gate
+        # still stops it between sub-batches if the bound is really passed
+        size, limited_by, beyond_bound = policy.min_batch_size, "min", True
+
     return BatchSizeDecision(
         size=size,
         by_time=by_time,
         by_wal=by_wal,
         limited_by=limited_by,
         must_wait=size < policy.min_batch_size,
+        beyond_bound=beyond_bound,
         current_size=current_size,
         headroom_segments=headroom_segments,
         estimate=estimate,

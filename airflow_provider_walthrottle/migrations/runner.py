@@ -227,6 +227,7 @@ def run_one_batch(
         max_pending_segments=settings.max_pending_segments,
         wal_segment_size=status.wal_segment_size if status is not None else 16 * 1024 * 1024,
         replication_headroom_bytes=verdict.replication_headroom_bytes,
+        replication_capacity_bytes=verdict.replication_capacity_bytes,
     )
     if decision.must_wait:
         log(decision.describe())

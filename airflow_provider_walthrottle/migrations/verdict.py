@@ -24,6 +24,9 @@ class HealthVerdict:
     :param proceed: whether the migration may write now.
     :param health: the WAL archival backlog's signal, or ``None`` when it was not read (flag off).
     :param stopped_by: the indicators that said stop, by name.
+    :param replication_capacity_bytes: the whole replication bound (see
+        :attr:`GateVerdict.replication_capacity_bytes
+        <airflow_provider_walthrottle.gate.GateVerdict.replication_capacity_bytes>`), or ``None``.
     :param load: the highest reading's share of its stop threshold (see
         :attr:`GateVerdict.load <airflow_provider_walthrottle.gate.GateVerdict.load>`), or ``None``.
     :param replication_headroom_bytes: the WAL that replication slots and standbys allow before they
@@ -36,6 +39,7 @@ class HealthVerdict:
     replication_headroom_bytes: int | None = None
     load: float | None = None
     stopped_by: tuple[str, ...] = ()
+    replication_capacity_bytes: int | None = None
 
     @classmethod
     def from_gate(cls, verdict: GateVerdict) -> HealthVerdict:
@@ -45,7 +49,12 @@ class HealthVerdict:
         """
         stopped_by = tuple(reading.indicator for reading in verdict.stopping)
         return cls(
-            verdict.proceed, verdict.health, verdict.replication_headroom_bytes, verdict.load, stopped_by
+            verdict.proceed,
+            verdict.health,
+            verdict.replication_headroom_bytes,
+            verdict.load,
+            stopped_by,
+            verdict.replication_capacity_bytes,
         )
 
     def load_now(self, wal_bytes_since: int) -> float | None:

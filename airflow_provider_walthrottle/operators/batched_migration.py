@@ -312,7 +312,7 @@ class BatchedMigrationOperator(BaseOperator):
             from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
             self.defer(trigger=DateTimeTrigger(moment=moment), method_name="execute_complete")
-        waits = "Migration %s waits until at most %s WAL segments are pending: %s"
+        waits = "Migration %s waits until the health gate clears (at most %s WAL segments pending): %s"
         self.log.info(waits, self.migration_name, threshold, reason)
         trigger = self.gate.trigger(poll_interval=self.wait_interval, max_pending_segments=threshold)
         self.defer(trigger=trigger, method_name="execute_complete")

@@ -29,16 +29,14 @@ if TYPE_CHECKING:
 
 class WalArchivalSensor(BaseSensorOperator):
     """
-    Wait until at most ``max_pending_segments`` WAL segments wait for ``archive_command``.
+    Wait until the database's health lets migrations go on: first of all, the WAL archival backlog.
 
     Each check is one :meth:`HealthGate.check <airflow_provider_walthrottle.gate.HealthGate.check>`
-    over its indicators, each behind its own flag (an Airflow Variable): with every flag off it
-    succeeds without contacting the database; otherwise it succeeds once no indicator that is on
-    says stop (the backlog at or below the threshold...), with the readings as its XCom. By default
-    the indicators are the WAL archival backlog (the arguments below), replication lag and
-    replication slot retention, and autovacuum on ``table`` if one is given; only the WAL flag is
-    rolled out until you turn the others on. By default the wait is deferred to the triggerer; with
-    ``deferrable=False`` the sensor reschedules itself.
+    over the indicators, each behind its own flag (an Airflow Variable): the WAL backlog (the
+    arguments below), replication lag, replication slots, and autovacuum on ``table`` if given.
+    With every flag off it succeeds without contacting the database; otherwise once no indicator
+    says stop, with the readings as its XCom. It waits deferred, or rescheduled with
+    ``deferrable=False``.
 
     .. seealso::
         :doc:`/howto/sensor`
@@ -46,22 +44,16 @@ class WalArchivalSensor(BaseSensorOperator):
     :param postgres_conn_id: the Airflow connection to the PostgreSQL primary. (templated)
     :param max_pending_segments: only a backlog *above* it waits. (templated)
     :param flag_variable: the Airflow Variable holding the feature flag. (templated)
-    :param flag_default: the flag's answer while the Variable is missing (``True`` once released);
-        a value that cannot be read or parsed reads as on, the safe side.
-    :param on_unavailable: what "not available" or "unknown" does: ``"wait"`` (default: a wrong
-        connection never lets a migration run unthrottled), ``"proceed"`` or ``"fail"``.
+    :param flag_default: the flag while its Variable is missing; an unreadable value reads as on.
+    :param on_unavailable: what "not available" or "unknown" does: ``"wait"``, ``"proceed"`` or ``"fail"``.
     :param database: a database name that overrides the connection's schema. (templated)
-    :param indicators: the indicators to evaluate instead of the defaults, e.g.
-        ``[WalArchivalIndicator(max_pending_segments=20), ReplicationLagIndicator(max_lag_seconds=5)]``
-        (their thresholds are templated); then the WAL threshold and flag go to
-        :class:`~airflow_provider_walthrottle.indicators.wal_archival.WalArchivalIndicator`.
-    :param table: a table whose autovacuum the sensor waits for, with the autovacuum indicator's
-        flag on. (templated)
+    :param indicators: the indicators instead of the defaults (thresholds templated), e.g.
+        ``[WalArchivalIndicator(max_pending_segments=20), ReplicationLagIndicator(max_lag_seconds=5)]``.
+    :param table: a table whose autovacuum the sensor waits for (its flag on). (templated)
     :param flag_actor: who asks the flag (``actors`` lists, percentage rollouts): the DAG id by
         default; a migration DAG's sensor asks as its migration, as the operator does. (templated)
     :param deferrable: wait in the triggerer instead of rescheduling the task. Either way the wait
-        ends after ``timeout`` (``AirflowSensorTimeout``, or skipped with ``soft_fail``), also under
-        ``dag.test()``: the trigger keeps the deadline itself.
+        ends after ``timeout``, also under ``dag.test()``: the trigger keeps the deadline itself.
     :param poke_interval: seconds between two checks.
     """
 
@@ -101,16 +93,14 @@ class WalArchivalSensor(BaseSensorOperator):
         self.flag_variable = flag_variable
         self.flag_default = flag_default
         self.on_unavailable = OnUnavailable.parse(on_unavailable)
-        self.database = database
-        self.flag_actor = flag_actor
-        self.indicators = list(indicators) if indicators is not None else None
-        self.table = table
+        self.database, self.flag_actor = database, flag_actor
+        self.indicators, self.table = None if indicators is None else list(indicators), table
         self.deferrable = deferrable
 
     @cached_property
     def hook(self) -> WalArchivalHook:
-        """The hook that measures the backlog."""
-        from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook  # not at parse time
+        """The hook that reads the indicators (imported here: not at parse time)."""
+        from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
 
         return WalArchivalHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
 
@@ -127,8 +117,8 @@ class WalArchivalSensor(BaseSensorOperator):
         if not self.deferrable:
             return super().execute(context)
         first = self.poke(context)
-        if first:
-            return first.xcom_value  # the poke logged "proceeding"
+        if first:  # the poke logged "proceeding"
+            return first.xcom_value
         timeout = datetime.timedelta(seconds=self.timeout)
         deadline = datetime.datetime.now(datetime.timezone.utc) + timeout
         trigger = self.gate.trigger(poll_interval=self.poke_interval, deadline=deadline)
@@ -144,10 +134,8 @@ class WalArchivalSensor(BaseSensorOperator):
         if not verdict["checked"]:
             flags = ", ".join(verdict["flags_off"])
             self.log.info("Feature flags %s are off, turned off during the wait: proceeding", flags)
-        else:
-            readings = verdict["indicators"].values()
-            passed = "; ".join(f"{r['indicator']} {r['signal']}: {r['reason']}" for r in readings)
-            self.log.info("Health check passed: %s", passed)
+        for reading in verdict["indicators"].values():
+            self.log.info("%s check passed: %s", reading["label"], reading["reason"])
         return verdict
 
     def poke(self, context: Context) -> PokeReturnValue:

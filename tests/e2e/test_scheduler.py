@@ -344,7 +344,7 @@ def test_throttled_migration_on_a_real_scheduler(
     links = links["extra_links"]
     assert links == {"Batched migration": f"/walthrottle/?conn_id={CONN_ID}&migration={MIGRATION}"}
     page = airflow.get_text(links["Batched migration"])
-    assert MIGRATION in page and "tr id='migration-e2e_db-e2e_increment_counter' class=highlight" in page
+    assert MIGRATION in page and "tr id='migration-e2e_db-e2e_increment_counter' class='highlight'" in page
     timer.step("2. flag off: the run went on and applied one batch")
 
     # 3. flag on again, backlog still above 42: a new run waits; the gate opens and it goes on

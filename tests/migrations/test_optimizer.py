@@ -412,6 +412,11 @@ def test_planned_wal_never_exceeds_the_headroom():
         assert decision.limited_by in LIMITS
         assert 0 <= decision.size <= policy.max_batch_size
         assert decision.must_wait == (decision.size < policy.min_batch_size)
+        if decision.beyond_bound:
+            # only once nothing is pending, and only when even the whole threshold is too small
+            assert pending == 0 and decision.size == policy.min_batch_size
+            assert estimate.wal_bytes_per_row and minimum * estimate.wal_bytes_per_row > threshold * segment
+            continue
         if decision.must_wait:
             assert decision.limited_by == "wal"
         if decision.by_wal is not None:
@@ -496,3 +501,39 @@ def test_replication_slots_bound_a_batch_as_the_archival_headroom_does():
         replication_headroom_bytes=99 * 200,
     )
     assert (tight.size, tight.must_wait) == (99, True)
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("bound", ["replication", "wal"])
+def test_a_bound_that_could_never_take_the_smallest_batch_does_not_make_it_wait_for_ever(bound):
+    """Another session's 16 MiB burst during a 50-row batch inflates the WAL per row to ~336 kB: at
+    that rate not even a wholly free bound takes 25 rows, so waiting would never end. The smallest
+    batch runs instead, and measures again."""
+    estimate = ThroughputEstimate().observe(
+        BatchObservation(rows=50, seconds=0.5, wal_bytes=50 * 600 + 16 * MIB)
+    )
+    policy = BatchSizePolicy(min_batch_size=25, max_batch_size=20000, target_batch_seconds=2)
+    if bound == "replication":
+        kwargs = dict(pending_segments=0, max_pending_segments=3, replication_headroom_bytes=8 * MIB)
+        wholly_free = dict(replication_capacity_bytes=8 * MIB)
+    else:
+        kwargs = dict(pending_segments=0, max_pending_segments=0)
+        wholly_free = {}
+    decision = next_batch_size(100, estimate, policy, wal_segment_size=16 * MIB, **kwargs, **wholly_free)
+    assert (decision.size, decision.must_wait, decision.beyond_bound) == (25, False, True)
+    assert "exceeds the whole bound: it runs to measure again" in decision.describe()
+    if bound == "replication":
+        # the same bound half used up, with room to come: it waits for that room
+        half = next_batch_size(
+            100,
+            ThroughputEstimate(rows_per_second=100.0, wal_bytes_per_row=200_000.0),
+            policy,
+            wal_segment_size=16 * MIB,
+            pending_segments=0,
+            max_pending_segments=3,
+            replication_headroom_bytes=4 * MIB,
+            replication_capacity_bytes=8 * MIB,
+        )
+        assert (half.must_wait, half.beyond_bound) == (True, False)
