@@ -330,6 +330,12 @@ def next_batch_size(
     With no rate yet, the decision is ``current_size`` clamped to the policy (``"initial"``),
     still bounded by the WAL headroom.
 
+    A bound that cannot take ``min_batch_size`` even wholly free (the archival threshold once
+    nothing is pending, or the replication bound's capacity) does not make the caller wait,
+    which would be for ever: the estimate of WAL bytes per row comes from the server's whole WAL
+    during a batch, and another session's burst can inflate it, which only a batch that runs can
+    correct. Then the decision is ``min_batch_size`` (:attr:`BatchSizeDecision.beyond_bound`).
+
     :param current_size: rows of the batch that ran last; at the start, the configured batch size.
     :param estimate: the throughput measured so far.
     :param policy: the bounds on the size.
@@ -342,11 +348,6 @@ def next_batch_size(
     :param replication_capacity_bytes: that bound when nothing is retained or behind (the
         indicator's own threshold); ``None`` if unknown.
 
-    A bound that cannot take ``min_batch_size`` even wholly free (the archival threshold once
-    nothing is pending, or the replication bound's capacity) does not make the caller wait,
-    which would be for ever: the estimate of WAL bytes per row comes from the server's whole WAL
-    during a batch, and another session's burst can inflate it, which only a batch that runs can
-    correct. Then the decision is ``min_batch_size`` (:attr:`BatchSizeDecision.beyond_bound`).
     :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
     :raises ValueError: if ``current_size`` is negative, or if the backlog is given with a negative
         count, threshold or segment size.
