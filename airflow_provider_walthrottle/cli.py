@@ -2,6 +2,10 @@
 
 Exit codes follow the Nagios plugin convention: 0 when the backlog is at or below the threshold,
 2 when it is above, 3 when it cannot be judged (not available, unknown, or an error).
+
+The same ``status`` command is ``airflow walthrottle status``, registered through the provider
+info's ``cli`` key (:func:`get_cli_commands`). Only its usage errors differ: Airflow's parser exits
+2 for them, so a Nagios check should call the standalone ``walthrottle`` script.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from airflow_provider_walthrottle.wal.health import DEFAULT_MAX_PENDING_SEGMENTS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from airflow.cli.cli_config import CLICommand
 
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
     from airflow_provider_walthrottle.wal.health import HealthSignal
@@ -41,6 +47,42 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_UNKNOWN, f"{self.prog}: error: {message}\n")
 
 
+def _threshold(text: str) -> int:
+    from airflow_provider_walthrottle.wal.health import parse_max_pending_segments
+
+    try:
+        return parse_max_pending_segments(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+STATUS_HELP = "print the archiver's state and backlog; exit 2 above the threshold"
+STATUS_DESCRIPTION = (
+    "Print the archiver's state and backlog. Exit 0 at or below the threshold, 2 above it, "
+    "3 when it cannot be judged."
+)
+
+#: ``status``'s arguments, as ``(flags, add_argument keywords)``: the standalone parser and
+#: ``airflow walthrottle status`` both take them from here.
+STATUS_ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (
+        ("target",),
+        {"help": "an Airflow connection id, or a PostgreSQL DSN (postgresql://… or 'host=… user=…')"},
+    ),
+    (
+        ("--max-pending-segments",),
+        {
+            "type": _threshold,
+            "default": DEFAULT_MAX_PENDING_SEGMENTS,
+            "metavar": "N",
+            "help": f"the threshold above which migrations stop (default {DEFAULT_MAX_PENDING_SEGMENTS})",
+        },
+    ),
+    (("--database",), {"help": "a database that overrides the connection's own"}),
+    (("--json",), {"action": "store_true", "help": "print JSON instead of text"}),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command line parser."""
     parser = _Parser(
@@ -49,37 +91,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser(
-        "status",
-        help="print the archiver's state and backlog; exit 2 above the threshold",
-        description=(
-            "Print the archiver's state and backlog. Exit 0 at or below the threshold, 2 above it, "
-            "3 when it cannot be judged."
-        ),
-    )
-    status.add_argument(
-        "target",
-        help="an Airflow connection id, or a PostgreSQL DSN (postgresql://… or 'host=… user=…')",
-    )
-    status.add_argument(
-        "--max-pending-segments",
-        type=_threshold,
-        default=DEFAULT_MAX_PENDING_SEGMENTS,
-        metavar="N",
-        help=f"the threshold above which migrations stop (default {DEFAULT_MAX_PENDING_SEGMENTS})",
-    )
-    status.add_argument("--database", help="a database that overrides the connection's own")
-    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status_parser = commands.add_parser("status", help=STATUS_HELP, description=STATUS_DESCRIPTION)
+    for flags, options in STATUS_ARGUMENTS:
+        status_parser.add_argument(*flags, **options)
     return parser
 
 
-def _threshold(text: str) -> int:
-    from airflow_provider_walthrottle.wal.health import parse_max_pending_segments
+def get_cli_commands() -> list[CLICommand]:
+    """Return ``airflow walthrottle status``, for the provider info's ``cli`` key.
 
-    try:
-        return parse_max_pending_segments(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    Airflow calls this to build its parser, on every ``airflow`` command: it only describes the
+    command, whose work is imported when it runs.
+    """
+    from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand
+
+    status_command = ActionCommand(
+        name="status",
+        help=STATUS_HELP,
+        description=f"{STATUS_DESCRIPTION} For Nagios, call the walthrottle script: here a usage "
+        "error exits 2.",
+        func=airflow_status,
+        args=tuple(Arg(flags, **options) for flags, options in STATUS_ARGUMENTS),
+    )
+    return [
+        GroupCommand(
+            name="walthrottle",
+            help="Inspect PostgreSQL's WAL archival backlog as the walthrottle provider sees it",
+            subcommands=(status_command,),
+        )
+    ]
+
+
+def airflow_status(args: argparse.Namespace) -> NoReturn:
+    """Run ``airflow walthrottle status``, and exit with its code (Airflow ignores a return value).
+
+    :param args: the parsed arguments.
+    """
+    sys.exit(status(args))
 
 
 #: What a DSN given on the command line looks like, for the error that refuses a malformed one.
@@ -190,7 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     :param argv: the arguments, without the program name; ``sys.argv[1:]`` by default.
     """
-    args = build_parser().parse_args(argv)
+    return status(build_parser().parse_args(argv))
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print the status of ``args.target``; return the exit code.
+
+    :param args: ``status``'s arguments, parsed (see :data:`STATUS_ARGUMENTS`).
+    """
     # A Nagios check's first line of output must be its headline, and Airflow logs to the stdout it
     # finds when it is imported (the secrets masker warns about short extra values, for one): until
     # the result is printed, stdout is stderr, Airflow's import included.

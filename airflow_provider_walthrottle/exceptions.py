@@ -77,6 +77,8 @@ _CONNECT_HINTS: tuple[tuple[str, str, str], ...] = (
     ),
     ("could not translate host name", "unknown host name", "check the connection's host name"),
     ("failed to resolve host", "unknown host name", "check the connection's host name"),
+    # psycopg before 3.2.13 resolves the host itself and gives only getaddrinfo's words
+    ("name or service not known", "unknown host name", "check the connection's host name"),
     ("no route to host", "no route to host", "check the connection's host, and that the server is reachable"),
 )
 

@@ -6,11 +6,18 @@ from typing import Any
 
 from airflow_provider_walthrottle import __version__
 
+#: The distribution's name, as pip and Airflow's ``package-name`` know it.
+DISTRIBUTION = "airflow-provider-walthrottle"
+
 
 def get_provider_info() -> dict[str, Any]:
-    """Return the provider's metadata, in the schema of Airflow's ``provider_info.schema.json``."""
+    """Return the provider's metadata, in the schema of Airflow's ``provider_info.schema.json``.
+
+    Beyond the schema, it has the license and the project URLs of the installed distribution (see
+    :func:`distribution_metadata`), so that ``airflow providers get --full`` shows them.
+    """
     return {
-        "package-name": "airflow-provider-walthrottle",
+        "package-name": DISTRIBUTION,
         "name": "WAL throttle",
         "description": (
             "Batched PostgreSQL data migrations throttled on the WAL archival backlog, "
@@ -52,6 +59,8 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_walthrottle.links.BatchedMigrationLink"],
+        # `airflow walthrottle status`; the standalone `walthrottle` script stays, for Nagios
+        "cli": ["airflow_provider_walthrottle.cli.get_cli_commands"],
         "config": {
             "walthrottle": {
                 "description": (
@@ -112,4 +121,32 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         },
+        **distribution_metadata(),
     }
+
+
+def distribution_metadata() -> dict[str, Any]:
+    """Return the license and the project URLs that ``pyproject.toml`` gave the installed distribution.
+
+    ``documentation-url`` repeats the ``Documentation`` URL: Airflow 3.2 and later fill that field
+    from the same URL and show it on the Providers page. Empty when the package is imported from a
+    source tree that is not installed.
+    """
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        installed = metadata(DISTRIBUTION)
+    except PackageNotFoundError:
+        return {}
+    urls = {}
+    for entry in installed.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        urls[label.strip()] = url.strip()
+    info: dict[str, Any] = {"project-urls": urls}
+    if "Documentation" in urls:
+        info["documentation-url"] = urls["Documentation"]
+    for field in ("License-Expression", "License"):
+        if field in installed:
+            info["license"] = installed[field]
+            break
+    return info

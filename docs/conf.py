@@ -74,6 +74,7 @@ nitpick_ignore = [
     ("py:class", "TriggerEvent"),
     ("py:class", "BaseOperator"),
     ("py:class", "TaskInstanceKey"),
+    ("py:class", "CLICommand"),
 ]
 
 html_theme = "alabaster"

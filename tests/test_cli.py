@@ -133,6 +133,62 @@ def test_connection_stored_in_the_metadata_database(pg_drained, capsys):
     assert json.loads(capsys.readouterr().out)["signal"] == "normal"
 
 
+# ------------------------------------------------------------------- airflow walthrottle status
+
+
+def run_airflow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_airflow_and_the_script_parse_status_alike():
+    import argparse
+
+    from airflow_provider_walthrottle.cli import airflow_status, build_parser, get_cli_commands
+
+    (group,) = get_cli_commands()
+    (command,) = group.subcommands
+    assert (group.name, command.name, command.func) == ("walthrottle", "status", airflow_status)
+    airflows = argparse.ArgumentParser()
+    for arg in command.args:
+        arg.add_to_parser(airflows)
+    argv = ["warehouse", "--max-pending-segments", "7", "--database", "app", "--json"]
+
+    parsed = vars(airflows.parse_args(argv))
+
+    assert parsed == {"target": "warehouse", "max_pending_segments": 7, "database": "app", "json": True}
+    assert parsed == {
+        k: v for k, v in vars(build_parser().parse_args(["status", *argv])).items() if k != "command"
+    }
+    assert vars(airflows.parse_args(["warehouse"]))["max_pending_segments"] == 42
+
+
+def test_airflow_lists_walthrottle_status_among_its_commands():
+    result = run_airflow("walthrottle", "status", "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: airflow walthrottle status"), result.stdout
+    for argument in ("target", "--max-pending-segments N", "--database", "--json"):
+        assert argument in result.stdout, argument
+    assert "For Nagios, call the walthrottle script" in result.stdout
+
+
+def test_airflow_walthrottle_status_above_the_threshold_exits_critical(pg_drained):
+    pg_drained.archive_one_segment()
+    pg_drained.make_backlog(5)
+
+    result = run_airflow("walthrottle", "status", pg_drained.uri(), "--max-pending-segments", "4", "--json")
+
+    assert result.returncode == EXIT_CRITICAL, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["signal"], data["status"]["pending_segments"], data["max_pending_segments"]) == (
+        "stop",
+        5,
+        4,
+    )
+
+
 # ------------------------------------------------------------------------- passwords, silent servers
 
 

@@ -51,6 +51,32 @@ def test_every_module_named_in_the_provider_info_imports():
                 importlib.import_module(module)
 
 
+def test_the_provider_info_has_the_license_and_urls_of_the_installed_distribution():
+    from importlib.metadata import metadata
+
+    info = get_provider_info()
+
+    installed = metadata("airflow-provider-walthrottle")
+    assert info["license"] == installed["License-Expression"] == "Apache-2.0"
+    assert set(info["project-urls"]) == {"Documentation", "Changelog", "Source"}
+    assert [f"{label}, {url}" for label, url in info["project-urls"].items()] == installed.get_all(
+        "Project-URL"
+    )
+    assert info["documentation-url"] == info["project-urls"]["Documentation"]
+    # Airflow 3.2.0 splits each Project-URL entry on every comma: one more would break its discovery
+    assert not any("," in url for url in info["project-urls"].values())
+
+
+def test_airflow_shows_the_documentation_url_of_the_provider_info():
+    from airflow.providers_manager import ProvidersManager
+
+    seen = ProvidersManager().providers["airflow-provider-walthrottle"].data
+
+    # Airflow 3.2.0 keeps the space after the comma of "Documentation, https://…"
+    assert seen["documentation-url"].strip() == get_provider_info()["documentation-url"]
+    assert seen["cli"] == ["airflow_provider_walthrottle.cli.get_cli_commands"]
+
+
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", code],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import tempfile
@@ -33,11 +34,37 @@ def run_dag(dag: DAG, **test_kwargs: Any) -> Any:
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
     migrate_metadata_db()
+    _pass_the_exception_to_failure_callbacks()
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(dag_folder=tempfile.mkdtemp(prefix="walthrottle-dags-"), collect_dags=False)
     bag.bag_dag(dag)
     sync_bag_to_db(bag, "dags-folder", None)
     return dag.test(**test_kwargs)
+
+
+def _pass_the_exception_to_failure_callbacks() -> None:
+    """Make ``dag.test()`` give failure callbacks ``context["exception"]``, as a real task run does.
+
+    The Task SDK before 1.3 (Airflow 3.2, the floor leg's) runs a task in-process for ``dag.test()``
+    and calls ``finalize`` without setting it; 1.3 sets it, as the real task runner always did.
+    """
+    from importlib.metadata import version
+
+    from airflow.sdk.execution_time import task_runner
+    from packaging.version import Version
+
+    if Version(version("apache-airflow-task-sdk")) >= Version("1.3") or hasattr(
+        task_runner.finalize, "__wrapped__"
+    ):
+        return
+    finalize = task_runner.finalize
+
+    @functools.wraps(finalize)
+    def finalize_with_the_exception(ti: Any, state: Any, context: Any, log: Any, error: Any = None) -> Any:
+        context["exception"] = error
+        return finalize(ti, state, context, log, error)
+
+    task_runner.finalize = finalize_with_the_exception
 
 
 def task_states(dag_run: Any) -> dict[str, str]:
