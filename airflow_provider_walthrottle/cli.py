@@ -1,7 +1,10 @@
 """``walthrottle``: print what the hook sees, for a person or for a Nagios-style check.
 
-Exit codes follow the Nagios plugin convention: 0 when the backlog is at or below the threshold,
-2 when it is above, 3 when it cannot be judged (not available, unknown, or an error).
+It reads every health indicator, as the gate does (the WAL archival backlog, replication lag,
+replication slot retention, and autovacuum on ``--table`` if given), whatever their flags: it shows
+what each would decide. Exit codes follow the Nagios plugin convention and are the worst of them:
+2 when any says stop, 3 when none does but one cannot be judged (not available, unknown, or an
+error), 0 when all are normal.
 
 The same ``status`` command is ``airflow walthrottle status``, registered through the provider
 info's ``cli`` key (:func:`get_cli_commands`). Only its usage errors differ: Airflow's parser exits
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     from airflow.cli.cli_config import CLICommand
 
     from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
-    from airflow_provider_walthrottle.wal.health import HealthSignal
+    from airflow_provider_walthrottle.indicators.base import HealthIndicator, Reading
 
 EXIT_OK = 0
 EXIT_CRITICAL = 2
@@ -56,10 +59,11 @@ def _threshold(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-STATUS_HELP = "print the archiver's state and backlog; exit 2 above the threshold"
+STATUS_HELP = "print every health indicator's reading; exit 2 if one says stop"
 STATUS_DESCRIPTION = (
-    "Print the archiver's state and backlog. Exit 0 at or below the threshold, 2 above it, "
-    "3 when it cannot be judged."
+    "Print the archiver's state and backlog, and a line per other health indicator (replication "
+    "lag, replication slots, autovacuum on --table). Exit 0 when all are normal, 2 when one says "
+    "stop, 3 when one cannot be judged."
 )
 
 #: ``status``'s arguments, as ``(flags, add_argument keywords)``: the standalone parser and
@@ -78,6 +82,19 @@ STATUS_ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
             "help": f"the threshold above which migrations stop (default {DEFAULT_MAX_PENDING_SEGMENTS})",
         },
     ),
+    (
+        ("--max-lag-seconds",),
+        {"type": float, "default": None, "metavar": "S", "help": "replication lag's threshold in seconds"},
+    ),
+    (
+        ("--max-lag-bytes",),
+        {"type": int, "default": None, "metavar": "B", "help": "replication lag's threshold in bytes"},
+    ),
+    (
+        ("--max-retained-bytes",),
+        {"type": int, "default": None, "metavar": "B", "help": "the WAL a replication slot may retain"},
+    ),
+    (("--table",), {"help": "a migrated table whose autovacuum to report (schema.table)"}),
     (("--database",), {"help": "a database that overrides the connection's own"}),
     (("--json",), {"action": "store_true", "help": "print JSON instead of text"}),
 )
@@ -202,23 +219,90 @@ def _optional(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def render_text(health: HealthSignal, target: str) -> str:
-    """Return the status as lines for a person: a Nagios-style headline, then the details.
+def status_indicators(args: argparse.Namespace) -> list[HealthIndicator]:
+    """Return the indicators ``status`` reads, with the thresholds given on the command line.
 
-    :param health: the evaluated signal.
+    :param args: ``status``'s arguments, parsed.
+    :raises ValueError: for a threshold an indicator refuses.
+    """
+    from airflow_provider_walthrottle.indicators.autovacuum import AutovacuumIndicator
+    from airflow_provider_walthrottle.indicators.replication_lag import ReplicationLagIndicator
+    from airflow_provider_walthrottle.indicators.replication_slots import ReplicationSlotsIndicator
+    from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalIndicator
+
+    def given(**thresholds: Any) -> dict[str, Any]:
+        return {name: value for name, value in thresholds.items() if value is not None}
+
+    indicators: list[HealthIndicator] = [
+        WalArchivalIndicator(max_pending_segments=args.max_pending_segments),
+        ReplicationLagIndicator(
+            **given(max_lag_seconds=args.max_lag_seconds, max_lag_bytes=args.max_lag_bytes)
+        ),
+        ReplicationSlotsIndicator(**given(max_retained_bytes=args.max_retained_bytes)),
+    ]
+    if args.table:
+        indicators.append(AutovacuumIndicator())
+    for indicator in indicators:
+        indicator.validate()
+    return indicators
+
+
+#: The Nagios order of the signals, best first: the exit code is the worst reading's.
+_SEVERITY = (Signal.NORMAL, Signal.NOT_AVAILABLE, Signal.UNKNOWN, Signal.STOP)
+
+
+def worst(readings: Sequence[Reading]) -> Reading:
+    """Return the reading that decides the exit code: a stop, else one that cannot be judged.
+
+    :param readings: what each indicator found, the WAL archival backlog's first.
+    """
+    return max(readings, key=lambda reading: _SEVERITY.index(reading.signal))
+
+
+def render_text(readings: Sequence[Reading], target: str) -> str:
+    """Return the status as lines for a person: a Nagios-style headline, the backlog, then a line per
+    other indicator.
+
+    :param readings: what each indicator found, the WAL archival backlog's first.
     :param target: what was inspected, for the headline.
     """
+    from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalReading
+
+    headline = worst(readings)
+    perf = " ".join(_perf_data(reading) for reading in readings).strip()
+    lines = [
+        f"{headline.label.upper()} {headline.signal.value.upper()} - {target}: {headline.reason}"
+        + (f" | {perf}" if perf else "")
+    ]
+    for reading in readings:
+        if isinstance(reading, WalArchivalReading) and reading.health is not None:
+            lines.extend(_backlog_lines(reading.health))
+        else:
+            lines.append(f"  {reading.label:<17}: {reading.summary()}")
+    return "\n".join(lines)
+
+
+def _perf_data(reading: Reading) -> str:
+    """Nagios performance data: ``pending=P;;T`` for the backlog, ``<indicator>.<value>=N`` else."""
+    from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalReading
+
+    if isinstance(reading, WalArchivalReading):
+        pending = reading.values.get("pending_segments")
+        return "" if pending is None else f"pending={pending};;{reading.values['max_pending_segments']}"
+    return " ".join(
+        f"{reading.indicator}.{name}={value}" for name, value in reading.values.items() if value is not None
+    )
+
+
+def _backlog_lines(health: Any) -> list[str]:
     status = health.status
     mib = 1024 * 1024
     if status.pending_segments is None:
         pending = f"unknown ({status.detail})"
     else:
         pending = f"{status.pending_segments} segments ({(status.pending_bytes or 0) / mib:.0f} MiB)"
-    perf = ""
-    if status.pending_segments is not None:
-        perf = f" | pending={status.pending_segments};;{health.max_pending_segments}"
-    lines = [
-        f"WAL ARCHIVAL {health.signal.value.upper()} - {target}: {health.reason}{perf}",
+    return [
+        f"  WAL archival     : {health.signal.value}: {health.reason}",
         f"  pending segments : {pending}",
         f"  threshold        : {health.max_pending_segments} (stop above it)",
         f"  method           : {status.method.value}",
@@ -230,7 +314,6 @@ def render_text(health: HealthSignal, target: str) -> str:
         f"  archiver         : {'FAILING' if status.is_failing else 'not failing'}, "
         f"{status.archived_count} archived, {status.failed_count} failed since stats reset",
     ]
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,20 +334,28 @@ def status(args: argparse.Namespace) -> int:
     # the result is printed, stdout is stderr, Airflow's import included.
     with contextlib.redirect_stdout(sys.stderr):
         from airflow_provider_walthrottle.exceptions import WalThrottleError
-        from airflow_provider_walthrottle.wal.health import evaluate_wal_archival
+        from airflow_provider_walthrottle.indicators.base import IndicatorContext
 
         try:
             hook = make_hook(args.target, args.database)
-            health = evaluate_wal_archival(hook.get_archiver_status(), args.max_pending_segments)
+            context = IndicatorContext(table=args.table)
+            readings = hook.read_indicators(status_indicators(args), context)
             target = hook.describe_target()
         except (WalThrottleError, ValueError) as error:
             print(f"walthrottle: error: {error}")
             return EXIT_UNKNOWN
     if args.json:
-        print(json.dumps(health.to_dict(), indent=2))
+        # the backlog's fields at the top level, as before the other indicators; every reading by name
+        backlog = getattr(readings[0], "health", None)
+        document = {
+            **(backlog.to_dict() if backlog is not None else {}),
+            "worst_signal": worst(readings).signal.value,
+            "indicators": {reading.indicator: reading.to_dict() for reading in readings},
+        }
+        print(json.dumps(document, indent=2))
     else:
-        print(render_text(health, target))
-    return _EXIT_CODES[health.signal]
+        print(render_text(readings, target))
+    return _EXIT_CODES[worst(readings).signal]
 
 
 if __name__ == "__main__":

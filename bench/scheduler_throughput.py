@@ -16,13 +16,17 @@ provider's state tables) and the ``.ready`` files, and reports:
   fraction of it (only with ``--archive-delay``; a fast archiver does not bind);
 - max pending segments and the seconds above the threshold (42);
 - the batches in the window, their median size and duration, and the median gap from one batch's
-  end to the next one's start (what the scheduler adds).
+  end to the next one's start (what the scheduler adds);
+- if the migration finished in the window: the DAG runs that started after its last batch, and in
+  how many seconds (what a finished migration costs the scheduler; use ``--rows`` small enough).
 
 With ``--core`` it also runs the batching core in-process on a fresh copy of the table, with the
 same operator arguments and no scheduler, for the same number of seconds, and reports the DAG's
 rate as a fraction of it.
 
     .venv/bin/python bench/scheduler_throughput.py --seconds 120 --core
+    .venv/bin/python bench/scheduler_throughput.py --seconds 120 --rows 100000 --schedule @continuous \\
+        --operator-kwargs '{"max_batch_size": 5000}'
     .venv/bin/python bench/scheduler_throughput.py --wal-segsize-mb 1 --archive-delay 0.125 \\
         --operator-kwargs '{"sub_batch_size": 1000, "pause_ms": 0}'
 """
@@ -167,6 +171,26 @@ def batches(target: PostgresCluster, *, start_wall: float) -> dict[str, Any]:
     }
 
 
+def after_the_last_batch(target: PostgresCluster, airflow: AirflowStandalone) -> dict[str, Any]:
+    """If the migration is finished: the DAG runs that started after its last batch ended, and since when."""
+    finished = target.execute(
+        "SELECT extract(epoch FROM max(j.finished_at)) FROM walthrottle.batched_migration_jobs j "
+        "JOIN walthrottle.batched_migrations m ON m.name = j.migration_name "
+        "WHERE m.name = %s AND m.status = 'finished' AND j.status = 'succeeded'",
+        [MIGRATION],
+    )[0][0]
+    if finished is None:
+        return {"runs_after_last_batch": None, "seconds_after_last_batch": None}
+    last_batch = datetime.datetime.fromtimestamp(float(finished), datetime.timezone.utc)
+    page = airflow.api(
+        "GET", f"/api/v2/dags/{DAG_ID}/dagRuns", start_date_gte=last_batch.isoformat(), limit=1
+    )
+    return {
+        "runs_after_last_batch": page["total_entries"],
+        "seconds_after_last_batch": round(time.time() - float(finished), 1),
+    }
+
+
 def core_rate(target: PostgresCluster, seconds: float, operator_kwargs: dict[str, Any]) -> float:
     """Run the batching core in-process on a fresh copy of the table for ``seconds``; return rows/s."""
     import psycopg
@@ -228,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.schedule not in (None, "@continuous"):
                 airflow.trigger(DAG_ID, run_id="bench_first")
             figures = sample(target, args.seconds, DEFAULT_MAX_PENDING_SEGMENTS)
+            figures.update(after_the_last_batch(target, airflow))
         if args.core:
             figures["core_rows_per_second"] = core_rate(target, args.seconds, args.operator_kwargs)
             figures["fraction_of_core"] = figures["rows_per_second"] / figures["core_rows_per_second"]

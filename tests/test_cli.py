@@ -30,6 +30,40 @@ def test_status_above_the_threshold_exits_critical(pg_drained, capsys):
     assert pg_drained.superuser_password not in out
 
 
+def test_status_has_a_line_per_indicator_and_exits_with_the_worst(pg_drained, capsys):
+    pg_drained.execute("SELECT pg_create_physical_replication_slot('cli_held', true)")
+    try:
+        pg_drained.execute("CREATE TABLE IF NOT EXISTS cli_items (id int PRIMARY KEY)")
+        argv = ["status", pg_drained.uri(), "--table", "public.cli_items"]
+
+        normal = main(argv)
+        text = capsys.readouterr().out
+        stopped = main([*argv, "--max-retained-bytes", "0", "--json"])  # the slot holds WAL already
+        data = json.loads(capsys.readouterr().out)
+    finally:
+        pg_drained.execute("SELECT pg_drop_replication_slot('cli_held')")
+
+    assert normal == EXIT_OK, text
+    assert text.splitlines()[0].startswith("WAL ARCHIVAL NORMAL - connection 'dsn'")
+    for line in (
+        "  replication lag  : normal: ",
+        "  replication slots: normal: ",
+        "  autovacuum       : normal: ",
+    ):
+        assert line in text, text
+    assert stopped == EXIT_CRITICAL
+    assert data["signal"] == "normal"  # the backlog's fields stay at the top level
+    assert data["worst_signal"] == "stop"
+    assert sorted(data["indicators"]) == [
+        "autovacuum",
+        "replication_lag",
+        "replication_slots",
+        "wal_archival",
+    ]
+    assert data["indicators"]["replication_slots"]["signal"] == "stop"
+    assert "cli_held" in data["indicators"]["replication_slots"]["reason"]
+
+
 def test_status_json_at_or_below_the_threshold_exits_ok(pg_drained, capsys, monkeypatch):
     pg_drained.archive_one_segment()
     pg_drained.make_backlog(2)
@@ -157,7 +191,16 @@ def test_airflow_and_the_script_parse_status_alike():
 
     parsed = vars(airflows.parse_args(argv))
 
-    assert parsed == {"target": "warehouse", "max_pending_segments": 7, "database": "app", "json": True}
+    assert parsed == {
+        "target": "warehouse",
+        "max_pending_segments": 7,
+        "max_lag_seconds": None,
+        "max_lag_bytes": None,
+        "max_retained_bytes": None,
+        "table": None,
+        "database": "app",
+        "json": True,
+    }
     assert parsed == {
         k: v for k, v in vars(build_parser().parse_args(["status", *argv])).items() if k != "command"
     }
