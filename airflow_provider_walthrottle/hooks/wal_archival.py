@@ -13,6 +13,10 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from psycopg.rows import dict_row
 
+from airflow_provider_walthrottle.config import (
+    configured_connect_timeout,
+    configured_read_only_statement_timeout,
+)
 from airflow_provider_walthrottle.exceptions import (
     ConnectionNotDefinedError,
     DatabaseConnectError,
@@ -40,58 +44,6 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus
 
 
-#: The configuration section of the provider (``[walthrottle]`` in ``airflow.cfg``).
-CONFIG_SECTION = "walthrottle"
-
-#: Seconds libpq waits for a server to answer a connection attempt, unless the Airflow connection's
-#: extra sets ``connect_timeout`` or ``[walthrottle] connect_timeout`` another default. Without it, a
-#: server that accepts TCP and never answers would hold the caller forever.
-DEFAULT_CONNECT_TIMEOUT_SECONDS = 10
-
-#: ``statement_timeout`` of the read-only connections (the checks of the sensor, the trigger, the
-#: CLI and the migrations page), unless ``[walthrottle] read_only_statement_timeout`` sets another
-#: (0: none). Their queries take milliseconds; one that runs this long is stuck behind something.
-DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS = 30
-
-
-def _configured_seconds(option: str, default: int) -> int:
-    """Return a ``[walthrottle]`` option that holds whole seconds, 0 or more.
-
-    :param option: the option's name.
-    :param default: its value when it is not set.
-    :raises UnsupportedConfigurationError: when it is set to something else.
-    """
-    from airflow.configuration import conf
-
-    raw = conf.get(CONFIG_SECTION, option, fallback=None)
-    if raw is None or not str(raw).strip():
-        return default
-    text = str(raw).strip()
-    if not text.isdigit():
-        raise UnsupportedConfigurationError(
-            f"[{CONFIG_SECTION}] {option} must be a whole number of seconds (0 or more), got {text!r}; "
-            f"fix it in airflow.cfg or AIRFLOW__{CONFIG_SECTION.upper()}__{option.upper()}"
-        )
-    return int(text)
-
-
-def configured_connect_timeout() -> int:
-    """Return the default ``connect_timeout`` in seconds.
-
-    It is ``[walthrottle] connect_timeout``, else :data:`DEFAULT_CONNECT_TIMEOUT_SECONDS`.
-    """
-    return _configured_seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT_SECONDS)
-
-
-def configured_read_only_statement_timeout() -> int:
-    """Return the ``statement_timeout`` of read-only connections in seconds (0: none).
-
-    It is ``[walthrottle] read_only_statement_timeout``, else
-    :data:`DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS`.
-    """
-    return _configured_seconds("read_only_statement_timeout", DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS)
-
-
 class WalArchivalHook(PostgresHook):
     """
     Measure how many WAL segments wait for PostgreSQL's ``archive_command``.
@@ -101,10 +53,11 @@ class WalArchivalHook(PostgresHook):
     Without that privilege it falls back to LSN arithmetic with the server's real segment size.
     The hook only reads, in a read-only transaction.
 
-    Every connection it opens has a ``connect_timeout`` (:data:`DEFAULT_CONNECT_TIMEOUT_SECONDS`,
-    unless the Airflow connection's extra sets one), and read-only ones a ``statement_timeout``
-    (:data:`DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS`), so a server that accepts and never
-    answers cannot hold a task, a trigger or the api-server.
+    Every connection it opens has a ``connect_timeout`` (10 s unless the Airflow connection's
+    extra or ``[walthrottle] connect_timeout`` sets another), and read-only ones a
+    ``statement_timeout`` (30 s, ``[walthrottle] read_only_statement_timeout``; see
+    :mod:`airflow_provider_walthrottle.config`), so a server that accepts and never answers cannot
+    hold a task, a trigger or the api-server.
 
     .. seealso::
         :doc:`/howto/hook`

@@ -404,7 +404,7 @@ def test_a_silent_server_fails_the_async_check_too(monkeypatch):
 
 
 def test_the_default_timeouts_in_the_connection_arguments(monkeypatch):
-    from airflow_provider_walthrottle.hooks.wal_archival import (
+    from airflow_provider_walthrottle.config import (
         DEFAULT_CONNECT_TIMEOUT_SECONDS,
         DEFAULT_READ_ONLY_STATEMENT_TIMEOUT_SECONDS,
     )
