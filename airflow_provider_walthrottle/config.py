@@ -1,7 +1,7 @@
 """The provider's ``[walthrottle]`` configuration: its section, its defaults, and the one reader of them.
 
 The options are listed, with their defaults and descriptions, in the provider info
-(:mod:`airflow_provider_walthrottle.get_provider_info`) and in :doc:`/configuration`.
+(``airflow_provider_walthrottle.get_provider_info``) and in :doc:`/configuration`.
 """
 
 from __future__ import annotations

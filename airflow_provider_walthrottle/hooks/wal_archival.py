@@ -104,9 +104,11 @@ class WalArchivalHook(PostgresHook):
         """Return libpq keyword arguments for the connection, with the provider's timeouts.
 
         They are the ones ``PostgresHook.get_conn()`` builds, without the ``cursor`` extra.
-        ``connect_timeout`` is :func:`configured_connect_timeout` unless the connection's extra sets
-        it. A read-only connection also gets ``-c statement_timeout=…`` in ``options``, first, so that
-        a ``statement_timeout`` in the connection's own ``options`` (or ``PGOPTIONS``) wins.
+        ``connect_timeout`` is
+        :func:`~airflow_provider_walthrottle.config.configured_connect_timeout` unless the
+        connection's extra sets it. A read-only connection also gets ``-c statement_timeout=…`` in
+        ``options``, first, so that a ``statement_timeout`` in the connection's own ``options`` (or
+        ``PGOPTIONS``) wins.
 
         :param read_only: add the read-only connections' ``statement_timeout``.
         :raises UnsupportedConfigurationError: for an IAM connection (the asynchronous trigger cannot
