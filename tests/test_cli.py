@@ -182,7 +182,7 @@ def test_airflow_and_the_script_parse_status_alike():
     from airflow_provider_walthrottle.cli import airflow_status, build_parser, get_cli_commands
 
     (group,) = get_cli_commands()
-    (command,) = group.subcommands
+    command = group.subcommands[0]
     assert (group.name, command.name, command.func) == ("walthrottle", "status", airflow_status)
     airflows = argparse.ArgumentParser()
     for arg in command.args:
@@ -317,3 +317,143 @@ def test_status_of_a_silent_server_exits_unknown_within_the_timeout():
     assert result.stderr.startswith("walthrottle: error: Cannot connect to PostgreSQL with connection 'dsn'")
     assert "timeout expired" in result.stderr and result.stderr.count("\n") == 1
     assert "mon-secret" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------- walthrottle plan
+
+PLAN_BATCH_SQL = (
+    "UPDATE cli_plan SET counter = counter + 1 WHERE id BETWEEN %(start)s AND %(end)s AND {scope}"
+)
+
+
+def plan_argv(target: str, *more: str) -> list[str]:
+    from tests.support.migration_tables import SCOPE
+
+    return [
+        "plan",
+        target,
+        "--table",
+        "public.cli_plan",
+        "--column",
+        "id",
+        "--batch-sql",
+        PLAN_BATCH_SQL.format(scope=SCOPE),
+        "--scope",
+        SCOPE,
+        "--archiver-window",
+        "0.2",
+        *more,
+    ]
+
+
+def test_plan_prints_the_block_and_the_json_and_changes_nothing(pg_drained, capsys):
+    from tests.support.migration_tables import in_scope_keys, make_table
+
+    make_table(pg_drained, "cli_plan", 12_000)
+    digest = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM cli_plan AS t"
+    before = pg_drained.execute(digest)
+
+    text_code = main(plan_argv(pg_drained.uri(), "--archiver-pace", "2"))
+    text = capsys.readouterr().out
+    json_code = main(plan_argv(pg_drained.uri(), "--json"))
+    data = json.loads(capsys.readouterr().out)
+
+    assert pg_drained.execute(digest) == before
+    rows = len(in_scope_keys(pg_drained, "cli_plan"))
+    assert (text_code, json_code) == (EXIT_OK, EXIT_OK)
+    lines = text.splitlines()
+    assert lines[0] == "Plan of a migration of public.cli_plan (key id, scope tenant % 3 = 0)", text
+    assert f"  rows in scope    : {rows:,} (counted)" in lines
+    for label in ("sample", "per row", "projected WAL", "archiver-bound", "database-bound", "schedule-bound"):
+        assert any(line.startswith(f"  {label:<17}: ") for line in lines), label
+    assert "  archiver         : 2 segments/s, as given" in lines
+    assert "rolled back: no row changed" in text
+    assert pg_drained.superuser_password not in text
+    assert data["rows"] == rows
+    assert data["rows_method"] == "counted"
+    assert data["archiver"]["source"] in ("none", "measured")
+    assert len(data["samples"]) == 5
+    assert set(data["bounds"]) == {"archiver", "database", "schedule"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--table", "public.cli_plan_nowhere"], "table public.cli_plan_nowhere does not exist"),
+        (["--column", "tenant"], "column public.cli_plan.tenant"),
+        (["--batch-sql", "UPDATE cli_plan SET counter = 1 WHERE id = %(start)s"], "%(end)s"),
+    ],
+)
+def test_plan_errors_are_one_line_and_exit_unknown(pg_drained, capsys, argv, message):
+    from tests.support.migration_tables import make_table
+
+    make_table(pg_drained, "cli_plan", 100)
+    args = plan_argv(pg_drained.uri())
+    for flag, value in zip(argv[::2], argv[1::2], strict=True):
+        args[args.index(flag) + 1] = value
+
+    code = main(args)
+
+    captured = capsys.readouterr()
+    assert code == EXIT_UNKNOWN
+    assert captured.out == ""
+    assert captured.err.startswith("walthrottle: error: ")
+    assert message in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_plan_of_an_unreachable_server_exits_unknown(capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    code = main(plan_argv(f"host=127.0.0.1 port={port} user=x password=y"))
+
+    captured = capsys.readouterr()
+    assert code == EXIT_UNKNOWN
+    assert "Connection refused" in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_airflow_and_the_script_parse_plan_alike():
+    import argparse
+
+    from airflow_provider_walthrottle.cli import airflow_plan, build_parser, get_cli_commands
+
+    (group,) = get_cli_commands()
+    assert [command.name for command in group.subcommands] == ["status", "plan"]
+    command = group.subcommands[1]
+    assert command.func is airflow_plan
+    airflows = argparse.ArgumentParser()
+    for arg in command.args:
+        arg.add_to_parser(airflows)
+    argv = plan_argv("warehouse", "--archiver-pace", "1.5", "--interval", "300", "--json")[1:]
+
+    parsed = vars(airflows.parse_args(argv))
+
+    assert parsed["archiver_pace"] == 1.5
+    assert parsed["interval"] == 300.0
+    assert parsed["scope"] == "tenant %% 3 = 0"
+    assert parsed["max_pending_segments"] == 42
+    assert parsed == {
+        k: v for k, v in vars(build_parser().parse_args(["plan", *argv])).items() if k != "command"
+    }
+
+
+@pytest.mark.parametrize("flag", ["--archiver-pace", "--sample-keys", "--interval"])
+def test_plan_refuses_a_bad_number_as_a_usage_error(capsys, flag):
+    with pytest.raises(SystemExit) as exited:
+        main([*plan_argv("whatever"), flag, "0"])
+    assert exited.value.code == EXIT_UNKNOWN
+    assert "must be" in capsys.readouterr().err
+
+
+def test_airflow_walthrottle_plan_prints_json(pg_drained):
+    from tests.support.migration_tables import make_table
+
+    make_table(pg_drained, "cli_plan", 3000)
+
+    result = run_airflow("walthrottle", *plan_argv(pg_drained.uri(), "--json"))
+
+    assert result.returncode == EXIT_OK, result.stderr
+    assert json.loads(result.stdout)["table"] == "public.cli_plan"
