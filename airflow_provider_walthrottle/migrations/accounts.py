@@ -26,6 +26,8 @@ from airflow_provider_walthrottle.migrations.state import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import psycopg
     from psycopg import sql
 
@@ -60,6 +62,24 @@ class MigrationAccounts:
         :param pending_segments: the segments that waited for ``archive_command``.
         """
         self._update(queries.NOTE_JOB_BACKLOG, [pending_segments, job_id])
+
+    def note_readings(self, job_id: int, values: Mapping[str, Mapping[str, float | int | None]]) -> None:
+        """Keep the numbers a job's last health check saw, by indicator, for the migrations page's chart.
+
+        The WAL backlog among them (``wal_archival``'s ``pending_segments``) also goes where
+        :meth:`note_backlog` keeps it.
+
+        :param job_id: the job.
+        :param values: each indicator's ``values`` (of its
+            :class:`~airflow_provider_walthrottle.indicators.base.Reading`), by indicator name.
+        """
+        from psycopg.types.json import Jsonb
+
+        pending = values.get("wal_archival", {}).get("pending_segments")
+        numbers = {indicator: dict(named) for indicator, named in values.items()}
+        self._update(
+            queries.NOTE_JOB_READINGS, {"values": Jsonb(numbers), "pending_segments": pending, "id": job_id}
+        )
 
     def begin_batch(self) -> None:
         """Note that a task runs a batch now: the time since the last change goes to its account."""

@@ -161,10 +161,10 @@ def run_batch(
     :class:`~airflow_provider_walthrottle.migrations.accounts.MigrationAccounts`): the time since
     the last change goes to its account (waiting between batches, throttled, paused, failed) and
     the batch's to ``running``; it runs
-    :func:`~airflow_provider_walthrottle.migrations.runner.run_one_batch`, keeps the backlog its
-    last check saw on the job, and, when a health signal stopped it, opens a throttled entry under
-    that signal and says until when to wait. A batch that raises counts, with the time until the
-    next call, as failed and retried.
+    :func:`~airflow_provider_walthrottle.migrations.runner.run_one_batch`, keeps the backlog and
+    the other numbers its last check saw on the job (:func:`checked_values`), and, when a health
+    signal stopped it, opens a throttled entry under that signal and says until when to wait. A
+    batch that raises counts, with the time until the next call, as failed and retried.
 
     :param store: the migration's store, from :func:`~airflow_provider_walthrottle.migrations.runner.prepare`.
     :param settings: how batches run; ``settings.max_pending_segments`` is the threshold.
@@ -180,10 +180,17 @@ def run_batch(
     :raises MigrationDefinitionError: as :func:`~.runner.run_one_batch`.
     """
     accounts, name = store.accounts, store.definition.name
+    last_check: list[HealthVerdict] = []
+
+    def check() -> HealthVerdict:
+        verdict = check_health()
+        last_check[:] = [verdict]  # the verdict the batch ends with: the backlog and numbers the job keeps
+        return verdict
+
     try:
         accounts.begin_batch()
         result = run_one_batch(
-            store, settings, check_health, dag_id=dag_id, run_id=run_id, try_number=try_number, log=log
+            store, settings, check, dag_id=dag_id, run_id=run_id, try_number=try_number, log=log
         )
     except psycopg.OperationalError as error:
         if not store.conn.broken:
@@ -198,10 +205,10 @@ def run_batch(
     except BaseException:
         _account_failure(store)
         raise
-    if result.job is not None and result.health is not None:
-        pending = result.health.status.pending_segments
-        if pending is not None:
-            accounts.note_backlog(result.job.id, pending)
+    if result.job is not None and last_check:
+        values = checked_values(last_check[0])
+        if values:
+            accounts.note_readings(result.job.id, values)
     progress = result.progress
     if result.outcome is Outcome.THROTTLED:
         accounts.begin_throttle(throttle_reason(result))
@@ -222,6 +229,24 @@ def run_batch(
         f"({progress.jobs_open} open); nothing to claim",
         result,
     )
+
+
+def checked_values(verdict: HealthVerdict) -> dict[str, dict[str, float | int | None]]:
+    """Return the numbers a health check saw, by indicator, as a job keeps them for the page's chart.
+
+    They are the ``values`` of its readings (see
+    :class:`~airflow_provider_walthrottle.indicators.base.Reading`), as the verdict carries them; a
+    verdict made with the WAL archival backlog alone (``health``) gives the backlog's. ``{}`` when
+    the check read nothing (every flag off).
+
+    :param verdict: the check's answer.
+    """
+    from airflow_provider_walthrottle.indicators.wal_archival import wal_archival_reading
+
+    values = {indicator: dict(numbers) for indicator, numbers in verdict.values.items()}
+    if verdict.health is not None and "wal_archival" not in values:
+        values["wal_archival"] = dict(wal_archival_reading(verdict.health).values)
+    return values
 
 
 def throttle_reason(result: BatchResult) -> str:

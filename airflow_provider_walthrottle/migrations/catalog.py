@@ -2,7 +2,8 @@
 
 The reads here span migrations (the :class:`~.store.MigrationStore` works on one definition): the
 migrations with their progress (both rates, the ETA, where the wall-clock time went), their last
-jobs, and the history of batch sizes, WAL backlog and effective rate drawn from the job table. A
+jobs, and the history of batch sizes, health numbers (the WAL backlog and every other indicator's
+measurements each job's last check saw) and effective rate drawn from the job table. A
 database where no migration ever ran has no state tables; it reads as no migrations. State tables
 of 0.1 that no task has upgraded yet are read too, with their time accounts as the upgrade would
 seed them.
@@ -28,6 +29,8 @@ from airflow_provider_walthrottle.migrations.state import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import psycopg
 
 #: Statuses a migration can be paused from, and resumed from.
@@ -72,13 +75,18 @@ class JobSummary:
 
 @dataclass(frozen=True)
 class HistoryPoint:
-    """A finished job on the migration's chart: its batch size, the backlog it last saw, the pace then.
+    """A finished job on the migration's chart: its batch size, what its last check saw, the pace then.
 
     :param keys_done: the keys this job walked.
     :param recent_keys: the keys of the last :data:`~.state.RECENT_BATCHES` batches up to this one
         (of the first ones: the keys of the batches after the first) ...
     :param recent_seconds: ... over the wall-clock seconds since the batch before them finished (since
         the first one finished); 0 for the first batch, which has no rate.
+    :param indicator_values: the numbers the job's last health check saw, by indicator: each
+        reading's ``values``, thresholds included (see
+        :class:`~airflow_provider_walthrottle.indicators.base.Reading`), e.g.
+        ``{"replication_lag": {"max_replay_lag_bytes": 1024, "max_lag_bytes": ...}}``; ``None`` for
+        a job that kept only ``pending_segments`` (before 0.2).
     """
 
     at: datetime.datetime
@@ -89,6 +97,7 @@ class HistoryPoint:
     keys_done: int = 0
     recent_keys: int = 0
     recent_seconds: float | None = None
+    indicator_values: Mapping[str, Mapping[str, float | int | None]] | None = None
 
     @property
     def effective_keys_per_second(self) -> float | None:
@@ -316,7 +325,12 @@ def read_migrations(
                 jobs.setdefault(job["migration_name"], []).append(
                     JobSummary(**{field: job[field] for field in JobSummary.__dataclass_fields__})
                 )
-            cursor.execute(queries.JOB_HISTORY, {"names": names, "limit": history, **recent})
+            job_history = (
+                queries.JOB_HISTORY
+                if tables["indicator_values"]
+                else queries.JOB_HISTORY_WITHOUT_INDICATOR_VALUES
+            )
+            cursor.execute(job_history, {"names": names, "limit": history, **recent})
             for point in cursor.fetchall():
                 points.setdefault(point["migration_name"], []).append(
                     HistoryPoint(**{field: point[field] for field in HistoryPoint.__dataclass_fields__})

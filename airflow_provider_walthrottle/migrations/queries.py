@@ -12,9 +12,10 @@ keys: renaming them would need a migration of every existing state table. The qu
 ``AS total_keys`` and ``AS planned_keys``.
 
 Changes of the state tables are additive and made in place: :data:`CREATE_STATE` creates the
-tables as 0.1 had them, then :data:`UPGRADE_STATE` adds what came later (0.2: the time accounts)
-once, seeding the rows that were there. The page reads a database whose tables were not upgraded
-yet (no task ran since) with :data:`MIGRATION_SUMMARIES_BEFORE_0_2`.
+tables as 0.1 had them, then :data:`UPGRADE_STATE` adds what came later (0.2: the time accounts,
+and the numbers each job's last health check saw, by indicator) once, seeding the rows that were
+there. The page reads a database whose tables were not upgraded yet (no task ran since) with
+:data:`MIGRATION_SUMMARIES_BEFORE_0_2` and :data:`JOB_HISTORY_WITHOUT_INDICATOR_VALUES`.
 """
 
 from __future__ import annotations
@@ -171,40 +172,51 @@ _TIME_ACCOUNTS_BEFORE_0_2 = sql.SQL(", ").join(
     for name, expression in _SEED_TIME_ACCOUNTS.items()
 )
 
-#: Add the time accounts (0.2) to a ``batched_migrations`` table that has none, seed its rows, and
-#: index the jobs by their finish (the recent pace reads the last ones): once, in a ``DO`` block
-#: that returns at once when the columns exist, so that later runs take no lock for it. Run after
-#: the tables are created, in the same transaction (:data:`CREATE_STATE`). Needs ownership of the
-#: state tables.
+#: Bring state tables of 0.1 up to date, in place, one step at a time; each step runs once, and
+#: later runs only read the catalog for it, so they take no lock:
+#:
+#: - the time accounts (0.2): add them to ``batched_migrations``, seed its rows, and index the jobs
+#:   by their finish (the recent pace reads the last ones);
+#: - the numbers each job's last health check saw, by indicator (0.2): ``indicator_values``, a
+#:   ``jsonb`` column of the jobs, ``{"replication_lag": {"max_replay_lag_bytes": 1024, ...}, ...}``
+#:   (see :data:`NOTE_JOB_READINGS`); ``NULL`` on the jobs before it.
+#:
+#: Run after the tables are created, in the same transaction (:data:`CREATE_STATE`). Needs
+#: ownership of the state tables.
 UPGRADE_STATE = sql.SQL(
     """
 DO $upgrade$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-               WHERE attrelid = {migrations_name}::regclass AND attname = 'activity'
-                 AND NOT attisdropped) THEN
-        RETURN;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                   WHERE attrelid = {migrations_name}::regclass AND attname = 'activity'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE {migrations}
+            ADD COLUMN activity text CHECK (activity IN {activities}),
+            ADD COLUMN activity_reason text,
+            ADD COLUMN activity_since timestamptz,
+            ADD COLUMN held_since timestamptz,
+            ADD COLUMN running_seconds double precision NOT NULL DEFAULT 0,
+            ADD COLUMN waiting_seconds double precision NOT NULL DEFAULT 0,
+            ADD COLUMN paused_seconds double precision NOT NULL DEFAULT 0,
+            ADD COLUMN failed_seconds double precision NOT NULL DEFAULT 0,
+            ADD COLUMN throttled_by jsonb NOT NULL DEFAULT '{{}}';
+        UPDATE {migrations} AS m SET {seed};
+        -- rows a worker of 0.1 inserts from now on: waiting, from their start
+        ALTER TABLE {migrations}
+            ALTER COLUMN activity SET DEFAULT {waiting},
+            ALTER COLUMN activity_since SET DEFAULT now();
+        CREATE INDEX IF NOT EXISTS {finished_index} ON {jobs} (migration_name, finished_at);
     END IF;
-    ALTER TABLE {migrations}
-        ADD COLUMN activity text CHECK (activity IN {activities}),
-        ADD COLUMN activity_reason text,
-        ADD COLUMN activity_since timestamptz,
-        ADD COLUMN held_since timestamptz,
-        ADD COLUMN running_seconds double precision NOT NULL DEFAULT 0,
-        ADD COLUMN waiting_seconds double precision NOT NULL DEFAULT 0,
-        ADD COLUMN paused_seconds double precision NOT NULL DEFAULT 0,
-        ADD COLUMN failed_seconds double precision NOT NULL DEFAULT 0,
-        ADD COLUMN throttled_by jsonb NOT NULL DEFAULT '{{}}';
-    UPDATE {migrations} AS m SET {seed};
-    -- rows a worker of 0.1 inserts from now on: waiting, from their start
-    ALTER TABLE {migrations}
-        ALTER COLUMN activity SET DEFAULT {waiting},
-        ALTER COLUMN activity_since SET DEFAULT now();
-    CREATE INDEX IF NOT EXISTS {finished_index} ON {jobs} (migration_name, finished_at);
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                   WHERE attrelid = {jobs_name}::regclass AND attname = 'indicator_values'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE {jobs} ADD COLUMN indicator_values jsonb;
+    END IF;
 END
 $upgrade$"""
 ).format(
     migrations_name=sql.Literal(f"{STATE_SCHEMA}.batched_migrations"),
+    jobs_name=sql.Literal(f"{STATE_SCHEMA}.batched_migration_jobs"),
     migrations=MIGRATIONS,
     jobs=JOBS,
     activities=_one_of(Activity),
@@ -224,14 +236,18 @@ LOCK_STATE_CREATION = sql.SQL("SELECT pg_advisory_xact_lock({}, 0)").format(sql.
 #: CREATE on the database (and, to upgrade tables of 0.1, their ownership).
 CREATE_STATE = (*_CREATE_TABLES, UPGRADE_STATE)
 
-#: One row: whether both state tables exist (``exist``), and whether they keep time accounts
-#: (``upgraded``: 0.2 or later). No lock; readable by any role.
+#: One row: whether both state tables exist (``exist``), whether they keep time accounts
+#: (``upgraded``: 0.2 or later), and whether the jobs keep their last check's numbers by indicator
+#: (``indicator_values``). No lock; readable by any role.
 STATE_TABLES_EXIST = sql.SQL(
     """
 SELECT to_regclass({migrations}) IS NOT NULL AND to_regclass({jobs}) IS NOT NULL AS exist,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                WHERE attrelid = to_regclass({migrations}) AND attname = 'activity' AND NOT attisdropped)
-       AS upgraded"""
+       AS upgraded,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+               WHERE attrelid = to_regclass({jobs}) AND attname = 'indicator_values' AND NOT attisdropped)
+       AS indicator_values"""
 ).format(
     migrations=sql.Literal(f"{STATE_SCHEMA}.batched_migrations"),
     jobs=sql.Literal(f"{STATE_SCHEMA}.batched_migration_jobs"),
@@ -622,6 +638,17 @@ RETURNING written.wal_bytes"""
 #: job's row lock.
 NOTE_JOB_BACKLOG = sql.SQL("UPDATE {} SET pending_segments = %s WHERE id = %s").format(JOBS)
 
+#: Keep the numbers a job's last health check saw, by indicator (``indicator_values``, replaced),
+#: and its WAL backlog (``pending_segments``, kept as it was when this check did not count it):
+#: ``values`` (a :class:`psycopg.types.json.Jsonb`), ``pending_segments``, ``id``. Takes the job's
+#: row lock.
+NOTE_JOB_READINGS = sql.SQL(
+    """
+UPDATE {} SET indicator_values = %(values)s,
+              pending_segments = coalesce(%(pending_segments)s::int, pending_segments)
+WHERE id = %(id)s"""
+).format(JOBS)
+
 # ------------------------------------------------------------------------- the migrations page
 
 _MIGRATION_SUMMARIES = sql.SQL(
@@ -676,13 +703,7 @@ ORDER BY migration_name, id DESC
 """
 ).format(jobs=JOBS)
 
-#: Each named migration's last ``limit`` finished jobs, oldest first, as points of its chart (the
-#: batch size, the backlog its last check saw, and the effective rate over the ``recent_batches``
-#: batches up to it: their keys, ``recent_keys``, over the wall-clock seconds since the batch
-#: before them finished, ``recent_seconds``; for the first ``recent_batches`` jobs, the keys since
-#: the first job over the seconds since it finished, as :class:`~.state.RecentPace` counts them):
-#: ``names``, ``limit``, ``recent_batches``. No lock.
-JOB_HISTORY = sql.SQL(
+_JOB_HISTORY = sql.SQL(
     """
 SELECT * FROM (
     SELECT j.migration_name, j.finished_at AS at, j.planned_rows AS batch_size, j.pending_segments,
@@ -695,6 +716,7 @@ SELECT * FROM (
            extract(epoch FROM j.finished_at - coalesce(
                lag(j.finished_at, %(recent_batches)s::int) OVER by_finish,
                first_value(j.finished_at) OVER by_finish))::float8 AS recent_seconds,
+           {indicator_values} AS indicator_values,
            row_number() OVER (PARTITION BY j.migration_name ORDER BY j.finished_at DESC) AS recency
     FROM {jobs} AS j
     WHERE j.migration_name = ANY(%(names)s) AND j.finished_at IS NOT NULL
@@ -703,4 +725,17 @@ SELECT * FROM (
 WHERE recency <= %(limit)s
 ORDER BY migration_name, at
 """
-).format(jobs=JOBS)
+)
+
+#: Each named migration's last ``limit`` finished jobs, oldest first, as points of its chart (the
+#: batch size, the backlog its last check saw and the numbers of every indicator that check read,
+#: and the effective rate over the ``recent_batches`` batches up to it: their keys,
+#: ``recent_keys``, over the wall-clock seconds since the batch before them finished,
+#: ``recent_seconds``; for the first ``recent_batches`` jobs, the keys since the first job over the
+#: seconds since it finished, as :class:`~.state.RecentPace` counts them): ``names``, ``limit``,
+#: ``recent_batches``. No lock.
+JOB_HISTORY = _JOB_HISTORY.format(indicator_values=sql.SQL("j.indicator_values"), jobs=JOBS)
+
+#: The same from job tables that do not keep ``indicator_values`` yet (no task upgraded them):
+#: ``indicator_values`` is ``NULL``.
+JOB_HISTORY_WITHOUT_INDICATOR_VALUES = _JOB_HISTORY.format(indicator_values=sql.SQL("NULL::jsonb"), jobs=JOBS)

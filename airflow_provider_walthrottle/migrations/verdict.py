@@ -7,12 +7,14 @@ a threshold, and paces its statements by how near the readings are to stopping.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from airflow_provider_walthrottle.migrations.headroom import backlog_bound
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from airflow_provider_walthrottle.gate import GateVerdict
     from airflow_provider_walthrottle.wal.health import HealthSignal
 
@@ -32,6 +34,9 @@ class HealthVerdict:
     :param replication_headroom_bytes: the WAL that replication slots and standbys allow before they
         stop the migration (see :attr:`GateVerdict.replication_headroom_bytes
         <airflow_provider_walthrottle.gate.GateVerdict.replication_headroom_bytes>`), or ``None``.
+    :param values: the numbers each indicator read, by indicator name (each reading's ``values``:
+        see :class:`~airflow_provider_walthrottle.indicators.base.Reading`); a job keeps those of
+        its last check for the migrations page's chart.
     """
 
     proceed: bool
@@ -40,6 +45,7 @@ class HealthVerdict:
     load: float | None = None
     stopped_by: tuple[str, ...] = ()
     replication_capacity_bytes: int | None = None
+    values: Mapping[str, Mapping[str, float | int | None]] = field(default_factory=dict)
 
     @classmethod
     def from_gate(cls, verdict: GateVerdict) -> HealthVerdict:
@@ -55,6 +61,7 @@ class HealthVerdict:
             verdict.load,
             stopped_by,
             verdict.replication_capacity_bytes,
+            {reading.indicator: dict(reading.values) for reading in verdict.readings},
         )
 
     def load_now(self, wal_bytes_since: int) -> float | None:

@@ -4,11 +4,13 @@ Airflow mounts a plugin's app under its ``url_prefix`` without any authenticatio
 every route here depends on one of Airflow's authorization checks, the same ones its REST API uses
 (a Bearer token, or the UI's session cookie):
 
-- ``GET /`` (the page) and ``GET /api/overview``: read DAGs, the ``dag_id`` asked if any
+- ``GET /`` (the page) and ``GET /api/overview`` (each connection's health indicators, read
+  whatever their flags, its migrations, and the flags): read DAGs, the ``dag_id`` asked if any
   (SimpleAuthManager: Viewer);
 - ``POST /api/connections/{conn_id}/migrations/{migration}/pause`` (or ``/resume``): edit DAGs
   (User); the migration's name may contain ``/``;
-- ``PUT /api/flags/{variable_key}``: edit that Variable (Op).
+- ``PUT /api/flags/{variable_key}``: edit that Variable (Op); one of the four indicators' flags or
+  the kill switch.
 
 A connection's host, port, database and login appear in its errors only for people who may read
 that Airflow connection (Op), as in Airflow's own connections API.
@@ -37,9 +39,8 @@ from pydantic import BaseModel, StrictBool
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_walthrottle.exceptions import WalThrottleError
-from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
 from airflow_provider_walthrottle.migrations.catalog import MigrationNotFoundError, MigrationStatusError
-from airflow_provider_walthrottle.plugins import overview
+from airflow_provider_walthrottle.plugins import flag_variables, overview
 from airflow_provider_walthrottle.plugins.page import (
     PAGE_TEMPLATE,
     content_security_policy,
@@ -64,7 +65,7 @@ class _Permissions:
     """What the user may do and see on the page."""
 
     can_pause: bool
-    can_toggle_flags: bool
+    can_toggle_flags: dict[str, bool]
     reads_connection: dict[str, bool]
 
 
@@ -72,9 +73,12 @@ def _permissions(user: BaseUser, conn_ids: list[str]) -> _Permissions:
     auth_manager = get_auth_manager()
     return _Permissions(
         can_pause=auth_manager.is_authorized_dag(method="PUT", user=user),
-        can_toggle_flags=auth_manager.is_authorized_variable(
-            method="PUT", details=VariableDetails(key=WAL_HEALTH_FLAG), user=user
-        ),
+        can_toggle_flags={
+            key: auth_manager.is_authorized_variable(
+                method="PUT", details=VariableDetails(key=key), user=user
+            )
+            for key in flag_variables.FLAGS
+        },
         reads_connection={
             conn_id: auth_manager.is_authorized_connection(
                 method="GET", details=ConnectionDetails(conn_id=conn_id), user=user
@@ -152,7 +156,7 @@ def create_app() -> FastAPI:
         run_id: Annotated[str | None, Query()] = None,
     ) -> HTMLResponse:
         threshold, connections, permissions = await read_overview_for(user, dag_id, run_id)
-        flags = await run_in_threadpool(overview.read_flags)
+        flags = await run_in_threadpool(flag_variables.read_flags)
         context = page_context(
             connections,
             flags,
@@ -173,7 +177,7 @@ def create_app() -> FastAPI:
     @app.get(
         "/api/overview",
         dependencies=[Depends(requires_access_dag("GET"))],
-        summary="Backlogs, migrations and flags, as JSON",
+        summary="Health indicators, migrations and flags, as JSON",
     )
     async def read_overview(
         user: GetUserDep,
@@ -181,11 +185,12 @@ def create_app() -> FastAPI:
         run_id: Annotated[str | None, Query()] = None,
     ) -> dict[str, Any]:
         threshold, connections, _ = await read_overview_for(user, dag_id, run_id)
-        flags = await run_in_threadpool(overview.read_flags)
+        flags = await run_in_threadpool(flag_variables.read_flags)
+        by_key = {flag.key: flag for flag in flags}
         return {
             "threshold": threshold,
             "flags": [flag.to_dict() for flag in flags],
-            "connections": [connection.to_dict() for connection in connections],
+            "connections": [connection.to_dict(by_key) for connection in connections],
         }
 
     @app.post(
@@ -227,14 +232,14 @@ def create_app() -> FastAPI:
         summary="Turn a flag Variable on or off",
     )
     def set_flag(variable_key: str, change: FlagChange, user: GetUserDep) -> dict[str, Any]:
-        if variable_key not in overview.FLAGS:
+        if variable_key not in flag_variables.FLAGS:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND,
-                f"{variable_key!r} is not a flag of this page; it changes {', '.join(overview.FLAGS)}",
+                f"{variable_key!r} is not a flag of this page; it changes {', '.join(flag_variables.FLAGS)}",
             )
         try:
-            flag = overview.write_flag(variable_key, change.enabled)
-        except overview.FlagNotWritableError as error:
+            flag = flag_variables.write_flag(variable_key, change.enabled)
+        except flag_variables.FlagNotWritableError as error:
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
         log.info("User %s set Variable %s to %s", user.get_name(), variable_key, flag.raw)
         return flag.to_dict()

@@ -1,11 +1,11 @@
-"""What the migrations page shows, read in the api-server: backlogs, migrations and flags.
+"""What the migrations page shows, read in the api-server: health indicators, migrations and flags.
 
 Each configured connection is read on its own: one that is missing, unreachable, not allowed or
 silent shows its error on the page and does not hide the others. :class:`ConnectionReader` reads
 them concurrently, in a few threads of its own (not the api-server's), each within a deadline, so a
-server that accepts and never answers costs the page one red line and the api-server nothing.
-Variables are read and written with Airflow's core ``Variable`` model (the api-server has the
-metadata database; the Task SDK's ``Variable`` is for tasks).
+server that accepts and never answers costs the page one red line and the api-server nothing. What
+is read of the health indicators is in :mod:`~airflow_provider_walthrottle.plugins.readings`; the
+flags are in :mod:`~airflow_provider_walthrottle.plugins.flag_variables`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_walthrottle.flags import (
-    KILL_SWITCH_VARIABLE,
-    WAL_HEALTH_FLAG,
-    InvalidFlagValueError,
-    parse_flag_value,
-)
-from airflow_provider_walthrottle.wal.health import DEFAULT_MAX_PENDING_SEGMENTS, evaluate_wal_archival
+from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalReading
+from airflow_provider_walthrottle.plugins.readings import page_indicators, read_indicator_rows
+from airflow_provider_walthrottle.wal.health import DEFAULT_MAX_PENDING_SEGMENTS
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from airflow_provider_walthrottle.migrations.catalog import MigrationSummary
+    from airflow_provider_walthrottle.plugins.flag_variables import FlagView
+    from airflow_provider_walthrottle.plugins.readings import IndicatorRow
     from airflow_provider_walthrottle.wal.health import HealthSignal
 
 log = logging.getLogger(__name__)
@@ -45,72 +45,18 @@ READ_THREADS = 8
 
 
 @dataclasses.dataclass(frozen=True)
-class FlagView:
-    """A flag Variable as the page shows it.
-
-    :param key: the Variable key.
-    :param description: what turning it on does.
-    :param default: the answer while the Variable is unset.
-    :param raw: the Variable's value, or ``None`` when it is unset.
-    :param enabled: on for everybody (``True``), off (``False``), or a partial rollout (``None``).
-    :param state: the value in words, e.g. ``"on"``, ``"off (unset: the default)"``, ``"rollout: 25%"``.
-    :param invalid: the value cannot be parsed, so the flag reads as its safe side (``enabled``).
-    """
-
-    key: str
-    description: str
-    default: bool
-    raw: str | None
-    enabled: bool | None
-    state: str
-    invalid: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the flag as JSON-ready values."""
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class FlagSpec:
-    """A safety switch the page shows.
-
-    :param description: what turning it on does.
-    :param default: its answer while the Variable is unset.
-    :param safe: its answer while the Variable holds a value that cannot be parsed: the side that
-        protects the database.
-    """
-
-    description: str
-    default: bool
-    safe: bool
-
-
-#: The Variables the page shows and lets operators (Airflow's ``Op`` role and up) toggle, with their
-#: safe sides: the WAL flag throttles (on), the kill switch stops migrations (off).
-FLAGS: dict[str, FlagSpec] = {
-    WAL_HEALTH_FLAG: FlagSpec(
-        "Throttle sensors and migrations on the WAL archival backlog", default=False, safe=True
-    ),
-    KILL_SWITCH_VARIABLE: FlagSpec(
-        "Run batched migrations at all (off: every migration waits or skips)", default=True, safe=False
-    ),
-}
-
-
-class FlagNotWritableError(RuntimeError):
-    """The Variable is defined outside the metadata database, which wins over what the page writes."""
-
-
-@dataclasses.dataclass(frozen=True)
 class ConnectionOverview:
-    """One connection's backlog and migrations, or the error that kept them from being read.
+    """One connection's health indicators and migrations, or the error that kept them from being read.
 
     :param conn_id: the Airflow connection.
     :param health: the backlog against the page's threshold; ``None`` when it could not be read.
     :param migrations: the batched migrations in its database.
-    :param error: why the backlog or the migrations could not be read, in one line.
+    :param error: why the connection or its migrations could not be read, in one line.
     :param public_error: the same without the connection's host, port, database and login, for
         people who may not read the Airflow connection (see :meth:`without_connection_details`).
+    :param indicators: every indicator read on it, in the order of
+        :func:`~airflow_provider_walthrottle.gate.default_indicators` (autovacuum once per migrated
+        table).
     """
 
     conn_id: str
@@ -118,6 +64,12 @@ class ConnectionOverview:
     migrations: tuple[MigrationSummary, ...] = ()
     error: str | None = None
     public_error: str | None = None
+    indicators: tuple[IndicatorRow, ...] = ()
+
+    @property
+    def stopped_by(self) -> list[str]:
+        """The indicators whose readings stop a migration here by the gate's rule, whatever their flags."""
+        return list(dict.fromkeys(row.indicator for row in self.indicators if row.stops))
 
     @property
     def throttling(self) -> bool:
@@ -126,21 +78,30 @@ class ConnectionOverview:
 
     def without_connection_details(self) -> ConnectionOverview:
         """Return the overview as a person who may not read the Airflow connection sees it."""
+        indicators = tuple(row.without_connection_details() for row in self.indicators)
         if self.error is None or self.public_error == self.error:
-            return self
+            return dataclasses.replace(self, indicators=indicators)
         public = self.public_error or f"Connection '{self.conn_id}' could not be read"
         return dataclasses.replace(
             self,
             error=f"{public} Its host, database and login are shown to roles that may read connections.",
+            indicators=indicators,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the connection's part of the page as JSON-ready values."""
+    def to_dict(self, flags: Mapping[str, FlagView] | None = None) -> dict[str, Any]:
+        """Return the connection's part of the page as JSON-ready values.
+
+        :param flags: the flags as the page read them, by Variable key; each indicator then says
+            whether its flag is on, and for which of its migrations.
+        """
+        flags = flags or {}
         return {
             "conn_id": self.conn_id,
             "error": self.error,
             "throttling": self.throttling,
             "health": self.health.to_dict() if self.health else None,
+            "indicators": [row.to_dict(flags.get(row.flag_variable)) for row in self.indicators],
+            "stopped_by": self.stopped_by,
             "migrations": [migration.to_dict() for migration in self.migrations],
         }
 
@@ -169,24 +130,29 @@ def configured_read_timeout() -> float:
 
 
 def read_connection(conn_id: str, threshold: int, **filters: Any) -> ConnectionOverview:
-    """Read one connection's backlog and migrations; never raise for a connection's own problem.
+    """Read one connection's migrations and health indicators; never raise for a connection's own problem.
+
+    Both are read on one read-only connection, the migrations first (autovacuum is read on their
+    tables).
 
     :param conn_id: the Airflow connection.
     :param threshold: the threshold to compare the backlog with.
-    :param filters: passed to :meth:`~.BatchedMigrationHook.get_archiver_status_and_migrations`.
+    :param filters: passed to :meth:`~.BatchedMigrationHook.get_migrations`.
     """
     from airflow_provider_walthrottle.exceptions import WalThrottleError
     from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
 
     hook = BatchedMigrationHook(postgres_conn_id=conn_id)
     try:
-        status, migrations = hook.get_archiver_status_and_migrations(**filters)
+        with hook.connect(read_only=True) as conn:
+            migrations = hook._read_migrations(conn, filters)
+            rows = read_indicator_rows(hook, conn, page_indicators(threshold), migrations)
     except WalThrottleError as error:
         return ConnectionOverview(
             conn_id=conn_id, health=None, error=str(error), public_error=error.public_message
         )
-    health = evaluate_wal_archival(status, threshold)
-    return ConnectionOverview(conn_id=conn_id, health=health, migrations=tuple(migrations))
+    health = next((row.reading.health for row in rows if isinstance(row.reading, WalArchivalReading)), None)
+    return ConnectionOverview(conn_id=conn_id, health=health, migrations=tuple(migrations), indicators=rows)
 
 
 @dataclasses.dataclass
@@ -285,72 +251,3 @@ class ConnectionReader:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         finally:
             future.cancel()
-
-
-def read_flags() -> list[FlagView]:
-    """Read the flag Variables the page shows."""
-    return [read_flag(key) for key in FLAGS]
-
-
-def read_flag(key: str) -> FlagView:
-    """Read one flag Variable and say what it means.
-
-    A value that cannot be parsed reads as the flag's safe side (``safe`` of its :class:`FlagSpec`), as the
-    sensor, the trigger and the operator read it, and says so.
-
-    :param key: one of :data:`FLAGS`.
-    """
-    from airflow.models import Variable
-
-    spec = FLAGS[key]
-    description, default = spec.description, spec.default
-    raw = Variable.get(key, default_var=None)
-    if raw is None:
-        return FlagView(key, description, default, None, default, f"{_word(default)} (unset: the default)")
-    try:
-        state = parse_flag_value(raw)
-    except InvalidFlagValueError as error:
-        safe = _word(spec.safe)
-        shown = raw if len(raw) <= 40 else f"{raw[:40]}…"
-        return FlagView(
-            key,
-            description,
-            default,
-            raw,
-            spec.safe,
-            f"{safe} (invalid value {shown!r}: treated as {safe}, the safe side; {error.reason})",
-            invalid=True,
-        )
-    if state.enabled:
-        return FlagView(key, description, default, raw, True, "on")
-    if state.actors or state.percentage_of_actors:
-        parts = [f"{state.percentage_of_actors:g}% of actors"] if state.percentage_of_actors else []
-        parts += [f"{len(state.actors)} listed actor(s)"] if state.actors else []
-        return FlagView(key, description, default, raw, None, "rollout: " + ", ".join(parts))
-    return FlagView(key, description, default, raw, False, "off")
-
-
-def _word(enabled: bool) -> str:
-    return "on" if enabled else "off"
-
-
-def write_flag(key: str, enabled: bool) -> FlagView:
-    """Set a flag Variable to ``true`` or ``false`` in the metadata database; return it read back.
-
-    :param key: one of :data:`FLAGS`.
-    :param enabled: the new value.
-    :raises FlagNotWritableError: when an environment variable or a secrets backend defines the
-        Variable, so the written value would not take effect.
-    """
-    from airflow.models import Variable
-
-    value = "true" if enabled else "false"
-    Variable.set(key, value, description=FLAGS[key].description)
-    flag = read_flag(key)
-    if flag.raw != value:
-        raise FlagNotWritableError(
-            f"Variable {key} is defined outside the metadata database (an AIRFLOW_VAR_{key.upper()} "
-            "environment variable or a secrets backend), which wins over the value written here; "
-            "change it there"
-        )
-    return flag

@@ -7,13 +7,21 @@ the template engine, not by hand; and it is served with a Content-Security-Polic
 (:func:`content_security_policy`) that lets only its own script and stylesheet run: no other script,
 no ``style`` attribute, nothing loaded from elsewhere. Times are shown in Airflow's
 ``[core] default_timezone``, with their zone (:mod:`~airflow_provider_walthrottle.plugins.timefmt`).
+
+Each connection has a row per health indicator (:class:`~.readings.IndicatorRow`): its signal,
+what it would do to a migration and whether its flag enforces that (:func:`enforcement`,
+:func:`indicator_effect`). Each migration's chart draws, per finished job, every measurement that
+has a stop threshold (:data:`CHART_SERIES`) as a share of it, so that the signals share one axis
+and one stop line.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
+from collections.abc import Mapping
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -23,12 +31,18 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from airflow_provider_walthrottle.durations import format_duration
+from airflow_provider_walthrottle.indicators.base import format_bytes, fraction_of
+from airflow_provider_walthrottle.plugins.readings import MEASURED_AGAINST
 from airflow_provider_walthrottle.plugins.timefmt import TimeDisplay
+from airflow_provider_walthrottle.wal.health import Signal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from airflow_provider_walthrottle.plugins.overview import ConnectionOverview, FlagView
+    from airflow_provider_walthrottle.migrations.catalog import HistoryPoint
+    from airflow_provider_walthrottle.plugins.flag_variables import FlagView
+    from airflow_provider_walthrottle.plugins.overview import ConnectionOverview
+    from airflow_provider_walthrottle.plugins.readings import IndicatorRow
 
 #: Seconds between two automatic reloads of the page.
 REFRESH_SECONDS = 15
@@ -39,6 +53,9 @@ PAGE_TEMPLATE = "migrations.html"
 
 #: Why a disabled Pause or Resume button is disabled.
 NO_PAUSE = "Pausing and resuming needs permission to edit DAGs (the User role)"
+
+#: Why a disabled Turn on or Turn off button is disabled.
+NO_TOGGLE = "Changing Variables needs the Op role"
 
 
 @functools.cache
@@ -110,6 +127,149 @@ def _path_segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def measure(value: float | None, name: str) -> str:
+    """Return a reading's number as a person reads it, in the unit its name ends with.
+
+    ``..._bytes`` and ``..._size`` in powers of 1024 (``1.5 MiB``), ``..._seconds`` with
+    milliseconds below 10 s (``0.250 s``), counts as whole numbers; ``?`` when not measured.
+
+    :param value: the number.
+    :param name: its name in the reading's values, e.g. ``max_replay_lag_bytes``.
+    """
+    if value is None:
+        return "?"
+    if name.endswith(("_bytes", "_size")):
+        return format_bytes(value)
+    if name.endswith("_seconds"):
+        return f"{value:.3f} s" if value < 10 else format_duration(value)
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
+def enforcement(flag: FlagView | None, migrations: Sequence[str]) -> tuple[str, str]:
+    """Return whether an indicator's flag enforces it on a connection: a badge kind and words.
+
+    :param flag: its flag, as the page read it; ``None`` for a Variable the page does not show.
+    :param migrations: the unfinished migrations the indicator holds when it stops.
+    """
+    if flag is None:
+        return "off", "its flag is not one the page reads"
+    if flag.enabled is True:
+        return "on", "enforced"
+    if flag.enabled is False:
+        return "off", "flag off — not enforced"
+    enforced = flag.enforced_for(migrations)
+    if not enforced:
+        return "rollout", "rollout: enforced for none of the migrations here"
+    return "rollout", f"rollout: enforced for {', '.join(enforced)}"
+
+
+def indicator_effect(row: IndicatorRow, flag: FlagView | None) -> tuple[str, str]:
+    """Return what an indicator's reading does to migrations with its flag as it is: a kind and words.
+
+    :param row: the indicator's row.
+    :param flag: its flag, as the page read it.
+    """
+    if row.reading is None:
+        return "off", "not read: no unfinished migration here has a table to watch"
+    if not row.stops:
+        return "normal", "lets migrations go on"
+    why = "" if row.reading.signal is Signal.STOP else f" ({row.reading.signal.value} waits, as on stop)"
+    kind, _ = enforcement(flag, row.migrations)
+    if kind == "on":
+        return "stop", f"stops migrations{why}"
+    if kind == "rollout":
+        return "rollout", f"stops the migrations its rollout covers{why}"
+    return "off", f"would stop migrations{why}, but its flag does not enforce it"
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesSpec:
+    """A measurement the migration's chart draws per job, as a share of its stop threshold.
+
+    :param indicator: the indicator's name.
+    :param value: the measurement's name in the reading's values; its threshold is the value
+        :data:`~.readings.MEASURED_AGAINST` names.
+    :param label: its name on the chart.
+    :param css: its CSS class, which gives its colour.
+    """
+
+    indicator: str
+    value: str
+    label: str
+    css: str
+
+    @property
+    def threshold(self) -> str:
+        """The name of the value it is compared with, e.g. ``max_lag_bytes``."""
+        return MEASURED_AGAINST[(self.indicator, self.value)]
+
+
+#: The chart's series: every measurement with a stop threshold, drawn where its jobs have it.
+CHART_SERIES = (
+    SeriesSpec("wal_archival", "pending_segments", "pending WAL segments", "s-wal"),
+    SeriesSpec("replication_lag", "max_replay_lag_bytes", "replication lag, bytes", "s-lag-bytes"),
+    SeriesSpec("replication_lag", "max_replay_lag_seconds", "replication lag, seconds", "s-lag-seconds"),
+    SeriesSpec("replication_slots", "max_slot_retained_bytes", "WAL retained by a slot", "s-slots"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesPoint:
+    """One job's measurement: its position among the charted jobs, the value, and its threshold."""
+
+    index: int
+    value: float
+    threshold: float
+
+    @property
+    def share(self) -> float:
+        """The value as a share of its threshold: 1 at the threshold."""
+        return fraction_of(self.value, self.threshold) or 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """A measurement over a migration's finished jobs, as :func:`chart_series` finds it."""
+
+    spec: SeriesSpec
+    points: tuple[SeriesPoint, ...]
+
+    @property
+    def highest(self) -> SeriesPoint:
+        """The point nearest its threshold (the first of equals)."""
+        return max(self.points, key=lambda point: point.share)
+
+    def describe(self, point: SeriesPoint) -> str:
+        """Return a point as ``12 of 42 (29%)``, in the measurement's unit."""
+        value, threshold = measure(point.value, self.spec.value), measure(point.threshold, self.spec.value)
+        return f"{value} of {threshold} ({point.share * 100:.0f}%)"
+
+
+def chart_series(history: Sequence[HistoryPoint], threshold: int) -> list[Series]:
+    """Return the series a migration's chart draws: each of :data:`CHART_SERIES` its jobs measured.
+
+    A job's numbers are those its last check saw (``indicator_values``), each against the threshold
+    it was checked with; a job that kept only its backlog (before 0.2) has it against ``threshold``.
+
+    :param history: the migration's finished jobs, oldest first.
+    :param threshold: the page's WAL threshold.
+    """
+    found = []
+    for spec in CHART_SERIES:
+        points = []
+        for index, job in enumerate(history):
+            numbers = (job.indicator_values or {}).get(spec.indicator) or {}
+            value, limit = numbers.get(spec.value), numbers.get(spec.threshold)
+            if spec.indicator == "wal_archival" and value is None:
+                value = job.pending_segments
+                limit = threshold if limit is None else limit
+            if value is not None and limit is not None:
+                points.append(SeriesPoint(index, float(value), float(limit)))
+        if points:
+            found.append(Series(spec, tuple(points)))
+    return found
+
+
 def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("airflow_provider_walthrottle.plugins", "templates"),
@@ -126,6 +286,7 @@ def _environment() -> jinja2.Environment:
         percent=_percent,
         thousands=_thousands,
         path_segment=_path_segment,
+        measure=measure,
     )
     return environment
 
@@ -141,7 +302,7 @@ def page_context(
     threshold: int,
     api_base: str,
     can_pause: bool,
-    can_toggle_flags: bool,
+    can_toggle_flags: bool | Mapping[str, bool],
     highlight: tuple[str | None, str | None] = (None, None),
     filters: dict[str, str] | None = None,
     times: TimeDisplay | None = None,
@@ -153,7 +314,8 @@ def page_context(
     :param threshold: the threshold the backlogs are compared with.
     :param api_base: the path of the plugin's API, e.g. ``/walthrottle/api``.
     :param can_pause: whether the user may pause and resume migrations (DAG edit permission).
-    :param can_toggle_flags: whether the user may change the flag Variables (Variable edit permission).
+    :param can_toggle_flags: whether the user may change the flag Variables (Variable edit
+        permission): for all of them, or by Variable key.
     :param highlight: ``(conn_id, migration)`` to scroll to, from the task's extra link; a ``conn_id``
         of ``None`` highlights the migration on every connection.
     :param filters: what narrowed the page (``dag_id``, ``run_id``), shown above the migrations.
@@ -164,13 +326,23 @@ def page_context(
     def highlighted(candidate_conn_id: str, candidate_migration: str) -> bool:
         return candidate_migration == migration and conn_id in (None, candidate_conn_id)
 
+    def may_toggle(key: str) -> bool:
+        if isinstance(can_toggle_flags, Mapping):
+            return bool(can_toggle_flags.get(key, False))
+        return can_toggle_flags
+
     return {
         "connections": connections,
         "flags": flags,
+        "flags_by_key": {flag.key: flag for flag in flags},
         "threshold": threshold,
         "api_base": api_base,
         "can_pause": can_pause,
-        "can_toggle_flags": can_toggle_flags,
+        "may_toggle": may_toggle,
+        "no_toggle": NO_TOGGLE,
+        "enforcement": enforcement,
+        "indicator_effect": indicator_effect,
+        "chart_series": chart_series,
         "highlighted": highlighted,
         "filters": filters or {},
         "times": times or TimeDisplay.configured(),

@@ -1,12 +1,14 @@
 """The "Batched migrations" page and its API, served by a real api-server, read in real Chromium.
 
-The database side is real: a PostgreSQL cluster with a gated archiver, migrations run with the
-batching core's ``run_batch`` against its real backlog, with real time between their batches (one
-throttled by 50 pending segments, one waiting for its next batch, one paused, one finished after
-rows were deleted under it, one with a ``/`` in its name), and a second configured connection that
-points at a closed port. Airflow is a real api-server (only that component: the
-page needs no scheduler) with SimpleAuthManager and one user per role. One test starts a second
-api-server whose page also reads a server that accepts connections and never answers.
+The database side is real: a PostgreSQL cluster with a gated archiver, a streaming standby and a
+replication slot nobody consumes, migrations run with the batching core's ``run_batch`` against its
+real health (checked as the gate decides), with real time between their batches (one throttled by
+50 pending segments, one waiting for its next batch, one paused, one finished after rows were
+deleted under it, one with a ``/`` in its name), a second configured connection that points at a
+closed port, and a third to the same database as a role without ``pg_monitor``. Airflow is a real
+api-server (only that component: the page needs no scheduler) with SimpleAuthManager and one user
+per role. One test starts a second api-server whose page also reads a server that accepts
+connections and never answers.
 
 Three time zones meet: the database's (``timezone``, in which PostgreSQL returns ``timestamptz``
 values), the processes' (UTC here) and Airflow's ``[core] default_timezone``, in which the page
@@ -35,12 +37,23 @@ import pendulum
 import pytest
 
 from airflow_provider_walthrottle.durations import format_duration
-from airflow_provider_walthrottle.flags import KILL_SWITCH_VARIABLE, WAL_HEALTH_FLAG
+from airflow_provider_walthrottle.flags import (
+    AUTOVACUUM_HEALTH_FLAG,
+    KILL_SWITCH_VARIABLE,
+    REPLICATION_LAG_HEALTH_FLAG,
+    REPLICATION_SLOTS_HEALTH_FLAG,
+    WAL_HEALTH_FLAG,
+)
+from airflow_provider_walthrottle.gate import GateVerdict, decide
+from airflow_provider_walthrottle.indicators.autovacuum import AutovacuumIndicator
+from airflow_provider_walthrottle.indicators.base import IndicatorContext, read_indicators
+from airflow_provider_walthrottle.indicators.replication_lag import ReplicationLagIndicator
+from airflow_provider_walthrottle.indicators.replication_slots import ReplicationSlotsIndicator
+from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalIndicator
 from airflow_provider_walthrottle.migrations.batch import BatchDone, Finished, WaitForBacklog, run_batch
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
 from airflow_provider_walthrottle.migrations.runner import HealthVerdict, RunSettings, prepare
-from airflow_provider_walthrottle.wal.health import OnUnavailable, evaluate_wal_archival, may_proceed
-from airflow_provider_walthrottle.wal.queries import read_archiver_status
+from airflow_provider_walthrottle.wal.health import OnUnavailable
 from tests.support.airflow_standalone import AirflowStandalone, free_port, make_home
 from tests.support.migration_tables import increment_migration, make_table
 from tests.support.silent_server import SilentServer
@@ -53,6 +66,10 @@ if TYPE_CHECKING:
 CONN_ID = "pg_ui"
 DOWN_CONN_ID = "pg_down"
 DOWN_PORT = free_port()  # nothing listens there
+PLAIN_CONN_ID = "pg_plain"  # the same database, as a role without pg_monitor
+PLAIN_ROLE, PLAIN_PASSWORD = "page_reader", "page-reader-pw"
+STANDBY = "ui_standby"  # its application_name, in the replication lag indicator's reading
+SLOT = "gone_standby"  # a slot whose standby is gone: it retains every byte written since
 THROTTLED = "orders_backfill"
 WAITING = "refunds_backfill"  # between two batches, with an ETA
 PAUSED = "users_cleanup"
@@ -71,14 +88,41 @@ ARTIFACTS = Path(os.environ.get("WALTHROTTLE_TEST_ARTIFACTS", Path(__file__).par
 # --------------------------------------------------------------------------------------------------
 
 
+#: The indicators the migrations in the fixture are checked with, as a task has them by default,
+#: with a lag allowance a busy test machine's standby keeps within.
+TASK_INDICATORS = (
+    WalArchivalIndicator(),
+    ReplicationLagIndicator(max_lag_seconds=60, max_lag_bytes=1 << 30),
+    ReplicationSlotsIndicator(),
+    AutovacuumIndicator(),
+)
+
+
 @pytest.fixture(scope="module")
-def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
-    """A cluster with 1 MB segments, two migrations in it, and 50 segments waiting (above 42).
+def database(pg_cluster_factory: ClusterFactory) -> Iterator[PostgresCluster]:
+    """A cluster with 1 MB segments, a standby, a slot, migrations, and 50 segments waiting (above 42).
 
     Its ``timezone`` is neither UTC nor Airflow's, so it returns times in a zone the page must not show.
     """
     cluster = pg_cluster_factory(name="ui", wal_segsize_mb=1, extra_conf={"timezone": DATABASE_TIMEZONE})
     cluster.archive_one_segment()
+    standby = cluster.make_standby("ui-standby", archive_mode="off")
+    try:
+        yield prepared(cluster, standby)
+    finally:
+        standby.close()
+
+
+def prepared(cluster: PostgresCluster, standby: PostgresCluster) -> PostgresCluster:
+    """Run the fixture's migrations on ``cluster``; return it."""
+    standby.execute(f"ALTER SYSTEM SET cluster_name = '{STANDBY}'")  # the walreceiver's application_name
+    standby.restart()
+    standby.wait_until(
+        lambda: cluster.execute("SELECT application_name FROM pg_stat_replication") == [(STANDBY,)],
+        what="the standby to stream under its name",
+    )
+    cluster.execute("SELECT pg_create_physical_replication_slot(%s, true)", [SLOT])
+    cluster.create_role(PLAIN_ROLE, PLAIN_PASSWORD, pg_monitor=False)
     make_table(cluster, "orders", 3000)
     make_table(cluster, "refunds", 3000)
     make_table(cluster, "users", 600)
@@ -89,12 +133,15 @@ def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
     )
     with cluster.connect() as checks, cluster.connect() as conn:
 
-        def check_health() -> HealthVerdict:
-            health = evaluate_wal_archival(read_archiver_status(checks), 42)
-            return HealthVerdict(proceed=may_proceed(health, OnUnavailable.WAIT), health=health)
-
         def run(store: Any, dag_id: str = "ui_dag") -> Any:
-            # as the operator does: run_batch keeps the backlog each job saw and the time accounts
+            def check_health() -> HealthVerdict:
+                # as the operator's gate decides, every flag on
+                context = IndicatorContext(table=store.definition.table)
+                readings = tuple(read_indicators(checks, TASK_INDICATORS, context))
+                stopping = decide(readings, OnUnavailable.WAIT)
+                return HealthVerdict.from_gate(GateVerdict(True, not stopping, readings, stopping))
+
+            # as the operator does: run_batch keeps what each job's last check saw and the time accounts
             return run_batch(store, settings, check_health, dag_id=dag_id, run_id="manual__1")
 
         def run_on_schedule(store: Any, batches: int, dag_id: str = "ui_dag") -> None:
@@ -118,6 +165,9 @@ def database(pg_cluster_factory: ClusterFactory) -> PostgresCluster:
         cluster.make_backlog(50)
         throttled = run(orders)
         assert isinstance(throttled, WaitForBacklog), throttled
+    # the page's role reads the state tables, and nothing of pg_monitor
+    cluster.execute(f"GRANT USAGE ON SCHEMA walthrottle TO {PLAIN_ROLE}")
+    cluster.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA walthrottle TO {PLAIN_ROLE}")
     return cluster
 
 
@@ -131,6 +181,7 @@ def airflow_ui(database: PostgresCluster) -> Iterator[AirflowStandalone]:
         connections={
             CONN_ID: database.uri(),
             DOWN_CONN_ID: f"postgresql://nobody:secret@127.0.0.1:{DOWN_PORT}/postgres",
+            PLAIN_CONN_ID: database.uri(PLAIN_ROLE, PLAIN_PASSWORD),
         },
         components=["api-server"],
         config={
@@ -138,7 +189,7 @@ def airflow_ui(database: PostgresCluster) -> Iterator[AirflowStandalone]:
                 "simple_auth_manager_users": ",".join(f"{name}:{name}" for name in USERS),
                 "default_timezone": AIRFLOW_TIMEZONE,
             },
-            "walthrottle": {"ui_connection_ids": f"{CONN_ID},{DOWN_CONN_ID}"},
+            "walthrottle": {"ui_connection_ids": f"{CONN_ID},{DOWN_CONN_ID},{PLAIN_CONN_ID}"},
         },
     )
     try:
@@ -311,7 +362,7 @@ def test_the_overview_shows_the_backlog_the_throttled_migration_and_the_broken_c
     assert status == 200, overview
     assert overview["threshold"] == 42
     connections = {connection["conn_id"]: connection for connection in overview["connections"]}
-    assert list(connections) == [CONN_ID, DOWN_CONN_ID]
+    assert list(connections) == [CONN_ID, DOWN_CONN_ID, PLAIN_CONN_ID]
 
     ui = connections[CONN_ID]
     assert ui["error"] is None
@@ -333,6 +384,15 @@ def test_the_overview_shows_the_backlog_the_throttled_migration_and_the_broken_c
     # the chart's points: one per finished job, with the backlog its last check saw (< 42 then)
     assert len(throttled["history"]) == 3
     assert all(0 <= point["pending_segments"] <= 42 for point in throttled["history"])
+    # ... among the numbers that check saw, by indicator, as the job keeps them for the chart
+    for point in throttled["history"]:
+        wal = point["indicator_values"]["wal_archival"]
+        assert (wal["pending_segments"], wal["max_pending_segments"]) == (point["pending_segments"], 42)
+        # the standby's lag and the slot's retention, against the thresholds of that check
+        lag, slots = (point["indicator_values"][name] for name in ("replication_lag", "replication_slots"))
+        assert (lag["standbys"], lag["max_lag_bytes"]) == (1, 1 << 30)
+        assert slots["max_slot_retained_bytes"] > 0 and slots["max_retained_bytes"] == 1 << 30
+        assert "autovacuums_on_table" in point["indicator_values"]["autovacuum"]
     assert (paused["status"], paused["throttling"], paused["held_by"]) == ("paused", False, "paused")
 
     # both rates, each named: keys per wall-clock second, and while the statements run
@@ -362,6 +422,159 @@ def test_the_overview_shows_the_backlog_the_throttled_migration_and_the_broken_c
     down = connections[DOWN_CONN_ID]
     assert down["migrations"] == [] and down["health"] is None
     assert DOWN_CONN_ID in down["error"] and "connection refused" in down["error"].lower()
+
+
+INDICATOR_FLAGS = {
+    "wal_archival": WAL_HEALTH_FLAG,
+    "replication_lag": REPLICATION_LAG_HEALTH_FLAG,
+    "replication_slots": REPLICATION_SLOTS_HEALTH_FLAG,
+    "autovacuum": AUTOVACUUM_HEALTH_FLAG,
+}
+#: The tables of the fixture's unfinished migrations, each with the migrations on it.
+MIGRATED_TABLES = {
+    "public.orders": [THROTTLED],
+    "public.refunds": [WAITING],
+    "public.users": [PAUSED],
+    "public.invoices": [SLASHED],
+}
+
+
+def indicators_of(overview: dict[str, Any], conn_id: str) -> dict[str, dict[str, Any]]:
+    """Return a connection's indicator rows by ``indicator`` (autovacuum: ``autovacuum public.orders``)."""
+    (connection,) = [c for c in overview["connections"] if c["conn_id"] == conn_id]
+    return {" ".join(filter(None, (row["indicator"], row["table"]))): row for row in connection["indicators"]}
+
+
+def test_every_indicator_is_read_on_every_connection_whatever_its_flag(airflow_ui, tokens):
+    """Each indicator's reading, what the gate's rule makes of it, and its flag, in the JSON API.
+
+    No flag is set: every indicator is off, yet read, so an operator sees what turning it on would do.
+    """
+    status, overview = call(airflow_ui, "GET", "/walthrottle/api/overview", token=tokens["viewer"])
+    assert status == 200, overview
+    rows = indicators_of(overview, CONN_ID)
+    autovacuum = [f"autovacuum {table}" for table in sorted(MIGRATED_TABLES)]  # not the finished one's
+    assert list(rows) == ["wal_archival", "replication_lag", "replication_slots", *autovacuum]
+    unfinished = {THROTTLED, WAITING, PAUSED, SLASHED}
+    for key, row in rows.items():
+        assert row["flag_variable"] == INDICATOR_FLAGS[row["indicator"]], key
+        assert (row["flag_enabled"], row["enforced_for"]) == (False, []), key
+        expected = MIGRATED_TABLES[row["table"]] if row["table"] else unfinished
+        assert set(row["migrations"]) == set(expected), key
+
+    # the backlog stops a migration by the gate's rule, whatever its flag says; it is the same reading
+    wal = rows["wal_archival"]
+    assert (wal["signal"], wal["stops"], wal["values"]["pending_segments"]) == ("stop", True, 50)
+    assert wal["values"]["max_pending_segments"] == 42 and wal["details"]["method"] == "exact"
+    # the standby, by its name, and its lag in both units
+    lag = rows["replication_lag"]
+    assert (lag["signal"], lag["stops"], lag["values"]["standbys"]) == ("normal", False, 1)
+    assert STANDBY in lag["reason"]
+    assert lag["values"]["max_replay_lag_bytes"] >= 0 and lag["values"]["max_lag_bytes"] == 64 << 20
+    # the slot nobody consumes retains the backlog's WAL and more
+    slots = rows["replication_slots"]
+    assert (slots["signal"], slots["stops"], slots["values"]["slots"]) == ("normal", False, 1)
+    assert slots["values"]["max_slot_retained_bytes"] > 50 << 20
+    assert slots["details"]["slots"][0]["slot_name"] == SLOT
+    for key in autovacuum:
+        assert (rows[key]["signal"], rows[key]["stops"]) == ("normal", False), rows[key]
+        # the server names a table on its search_path without its schema
+        assert rows[key]["reason"] == f"no autovacuum is processing {rows[key]['table'].split('.')[1]}"
+    (connection,) = [c for c in overview["connections"] if c["conn_id"] == CONN_ID]
+    assert connection["stopped_by"] == ["wal_archival"]
+
+    # a role without pg_monitor: what it cannot see, and the grant that fixes it, as the reading says
+    plain = indicators_of(overview, PLAIN_CONN_ID)
+    assert list(plain) == list(rows)
+    assert plain["wal_archival"]["details"]["method"] != "exact"
+    hidden = plain["replication_lag"]
+    assert (hidden["signal"], hidden["stops"]) == ("unknown", True)
+    grant = f"GRANT pg_monitor TO {PLAIN_ROLE}"
+    assert (
+        hidden["reason"] == f"this role cannot see the state or lag of 1 WAL sender(s) ({STANDBY}): {grant}"
+    )
+    for key in autovacuum:
+        assert plain[key]["reason"].endswith(
+            f"; this role would not see which table an autovacuum works on: {grant}"
+        )
+    (plain_connection,) = [c for c in overview["connections"] if c["conn_id"] == PLAIN_CONN_ID]
+    assert plain_connection["error"] is None and plain_connection["stopped_by"][-1] == "replication_lag"
+    # the connection that cannot be reached has no readings, only its error
+    assert indicators_of(overview, DOWN_CONN_ID) == {}
+    # the flags card lists every indicator's flag, then the kill switch
+    assert [flag["key"] for flag in overview["flags"]] == [*INDICATOR_FLAGS.values(), KILL_SWITCH_VARIABLE]
+
+
+def indicator_row(page: str, conn_id: str, key: str) -> str:
+    return page.split(f"<tr id='indicator-{conn_id}-{key}' ")[1].split("</tr>")[0]
+
+
+def test_the_page_has_a_row_per_indicator_per_connection_with_its_flag_and_button(airflow_ui, tokens):
+    status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["op"])
+    assert status == 200
+    for conn_id in (CONN_ID, PLAIN_CONN_ID):
+        keys = ["wal_archival", "replication_lag", "replication_slots"]
+        keys += [f"autovacuum-{table}" for table in MIGRATED_TABLES]
+        for key in keys:
+            row = indicator_row(page, conn_id, key)
+            flag = INDICATOR_FLAGS[key.split("-")[0]]
+            assert f"<code>{flag.replace('_', '_<wbr>')}</code>" in row  # it may wrap at its underscores
+            assert "<span class='badge b-off'>off" in row  # unset, or false after the tests above
+            assert "flag off — not enforced" in row
+            assert f"data-url='/walthrottle/api/flags/{flag}'" in row and ">Turn on</button>" in row
+    # what each reading would do, in words
+    wal = indicator_row(page, CONN_ID, "wal_archival")
+    assert "<span class='badge b-stop'>stop</span>" in wal
+    assert "would stop migrations, but its flag does not enforce it" in wal
+    assert "pending segments <b>50</b> of 42" in wal
+    lag = indicator_row(page, CONN_ID, "replication_lag")
+    assert "<span class='badge b-normal'>normal</span>" in lag and "lets migrations go on" in lag
+    assert re.search(r"max replay lag bytes <b>[\d.]+ (B|KiB|MiB)</b> of 64 MiB", lag), lag
+    slots = indicator_row(page, CONN_ID, "replication_slots")
+    assert re.search(r"max slot retained bytes <b>\d+ MiB</b> of 1 GiB", slots), slots
+    hidden = indicator_row(page, PLAIN_CONN_ID, "replication_lag")
+    assert "<span class='badge b-unknown'>unknown</span>" in hidden
+    assert f"GRANT pg_monitor TO {PLAIN_ROLE}" in hidden
+    assert "would stop migrations (unknown waits, as on stop), but its flag does not enforce it" in hidden
+    autovacuum = indicator_row(page, CONN_ID, "autovacuum-public.orders")
+    assert "<b>autovacuum on public.orders</b><div class='muted'>orders_backfill</div>" in autovacuum
+    # the flags card: every indicator's flag and the kill switch, each with its button
+    for key in (*INDICATOR_FLAGS.values(), KILL_SWITCH_VARIABLE):
+        row = page.split(f"<tr id='flag-{key}'>")[1].split("</tr>")[0]
+        assert f"data-url='/walthrottle/api/flags/{key}'" in row
+    # a viewer sees the same rows, with the buttons disabled
+    status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["viewer"])
+    row = indicator_row(page, CONN_ID, "replication_slots")
+    assert (
+        "<button type='button' disabled title='Changing Variables needs the Op role'>Turn on</button>" in row
+    )
+
+
+def test_turning_an_indicators_flag_on_enforces_it_on_the_page(airflow_ui, tokens):
+    url = f"/walthrottle/api/flags/{WAL_HEALTH_FLAG}"
+    try:
+        status, payload = call(airflow_ui, "PUT", url, token=tokens["op"], body={"enabled": True})
+        assert (status, payload["enabled"]) == (200, True), payload
+        status, overview = call(airflow_ui, "GET", "/walthrottle/api/overview", token=tokens["viewer"])
+        wal = indicators_of(overview, CONN_ID)["wal_archival"]
+        assert (wal["flag_enabled"], set(wal["enforced_for"])) == (
+            True,
+            {THROTTLED, WAITING, PAUSED, SLASHED},
+        )
+        status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["op"])
+        row = indicator_row(page, CONN_ID, "wal_archival")
+        assert "<span class='badge b-on'>on</span>" in row and "enforced</div>" in row
+        assert "stops migrations</div>" in row and ">Turn off</button>" in row
+        # a rollout to one migration: enforced for it only
+        set_variable(airflow_ui, REPLICATION_SLOTS_HEALTH_FLAG, json.dumps({"actors": [THROTTLED]}))
+        status, overview = call(airflow_ui, "GET", "/walthrottle/api/overview", token=tokens["viewer"])
+        slots = indicators_of(overview, CONN_ID)["replication_slots"]
+        assert (slots["flag_enabled"], slots["enforced_for"]) == (None, [THROTTLED])
+        status, page = call(airflow_ui, "GET", "/walthrottle/", token=tokens["op"])
+        assert f"rollout: enforced for {THROTTLED}" in indicator_row(page, CONN_ID, "replication_slots")
+    finally:
+        set_variable(airflow_ui, WAL_HEALTH_FLAG, "false")
+        set_variable(airflow_ui, REPLICATION_SLOTS_HEALTH_FLAG, None)
 
 
 def test_the_dag_view_narrows_the_page_to_the_dags_migrations(airflow_ui, tokens):
@@ -467,6 +680,11 @@ def test_the_page_shows_both_rates_the_eta_with_its_assumption_and_where_the_tim
     details = page.split(f"<summary><b>{THROTTLED}</b>")[1].split("</details>")[0]
     assert "<th>Where the wall-clock time went</th>" in details
     assert "throttled by wal_archival</td>" in details and "waiting between batches</td>" in details
+    # the chart: every measurement with a threshold the jobs' checks saw, the standby's and the slot's too
+    chart = details.split("<svg class='health-chart'")[1].split("</svg>")[0]
+    drawn = re.findall(r"<polyline class='series (s-[\w-]+)'", chart)
+    assert drawn == ["s-wal", "s-lag-bytes", "s-lag-seconds", "s-slots"], drawn
+    assert "WAL retained by a slot: last " in details
     assert "aria-label='effective rate per job, keys per wall-clock second'" in details
 
 
@@ -547,6 +765,11 @@ def set_variable(airflow: AirflowStandalone, key: str, value: str | None) -> Non
         assert "HTTP 404" in str(error), error
     if value is not None:
         airflow.api("POST", "/api/v2/variables", {"key": key, "value": value})
+
+
+def variable_value(airflow: AirflowStandalone, key: str) -> str:
+    """Return a Variable's value as Airflow's REST API reads it."""
+    return str(airflow.api("GET", f"/api/v2/variables/{key}")["value"])
 
 
 def test_a_flag_with_an_invalid_value_shows_its_safe_side_in_red(airflow_ui, tokens):
@@ -649,7 +872,7 @@ def test_the_page_in_chromium_shows_the_throttled_migration_and_its_buttons_work
             badge = page.locator(f"tr#migration-{CONN_ID}-{PAUSED} .badge")
             assert badge.evaluate("element => getComputedStyle(element).borderRadius") == "10px"
             # both rates, the ETA with what it assumes, and where the time went, as a person reads them
-            headers = page.locator(f"#conn-{CONN_ID} table").first.locator("th").all_inner_texts()
+            headers = page.locator(f"#conn-{CONN_ID} table.migrations").locator("th").all_inner_texts()
             assert {"Effective rate", "Statement rate", "ETA", "Where the time went"} <= set(headers), headers
             waiting = page.locator(f"tr#migration-{CONN_ID}-{WAITING}")
             effective = waiting.locator("td.rate-effective").inner_text()
@@ -673,7 +896,7 @@ def test_the_page_in_chromium_shows_the_throttled_migration_and_its_buttons_work
             table = details.locator("table.time-table").inner_text()
             assert "throttled by wal_archival" in table and "waiting between batches" in table, table
             assert details.locator("svg.rate-chart").count() == 1
-            page.locator("summary").filter(has_text=WAITING).click()  # its details too, for the picture
+            page.locator(f"#conn-{CONN_ID} summary").filter(has_text=WAITING).click()  # for the picture too
             page.screenshot(path=str(ARTIFACTS / "migrations-page.png"), full_page=True)
 
             # a User may resume: the button calls the API with the session cookie
@@ -685,6 +908,28 @@ def test_the_page_in_chromium_shows_the_throttled_migration_and_its_buttons_work
             page.locator(f"tr#migration-{CONN_ID}-{PAUSED}").get_by_role("button", name="Pause").click()
             page.locator(f"tr#migration-{CONN_ID}-{PAUSED}").get_by_role("button", name="Resume").wait_for()
             assert migration_status(database, PAUSED) == "paused"
+
+            # an Op turns an indicator's flag on from its row, and off again: the Variable follows
+            as_op = browser.new_context(viewport={"width": 1280, "height": 1100})
+            as_op.add_cookies([{"name": "_token", "value": tokens["op"], "url": airflow_ui.base_url}])
+            op_page = as_op.new_page()
+            op_page.goto(f"{airflow_ui.base_url}/walthrottle/")
+            lag = op_page.locator(f"tr[id='indicator-{CONN_ID}-replication_lag']")
+            try:
+                assert lag.locator("td.flag").inner_text().endswith("flag off — not enforced")
+                lag.get_by_role("button", name="Turn on").click()
+                lag.get_by_role("button", name="Turn off").wait_for()
+                assert variable_value(airflow_ui, REPLICATION_LAG_HEALTH_FLAG) == "true"
+                assert lag.locator("td.flag").inner_text().endswith("\nenforced")
+                assert lag.locator("td.flag .badge").inner_text() == "on"
+                # every row of that indicator, on every connection, reads the same flag
+                plain_lag = op_page.locator(f"tr[id='indicator-{PLAIN_CONN_ID}-replication_lag']")
+                assert "stops migrations (unknown waits, as on stop)" in plain_lag.inner_text()
+                lag.get_by_role("button", name="Turn off").click()
+                lag.get_by_role("button", name="Turn on").wait_for()
+                assert variable_value(airflow_ui, REPLICATION_LAG_HEALTH_FLAG) == "false"
+            finally:
+                set_variable(airflow_ui, REPLICATION_LAG_HEALTH_FLAG, None)
 
             # inside the Airflow UI: the external view in the navigation, in an iframe
             page.goto(f"{airflow_ui.base_url}/plugin/batched-migrations")
@@ -830,9 +1075,12 @@ def parsed(page: str) -> ParsedPage:
 
 def hostile_page_data(text: str) -> tuple[list[Any], list[Any]]:
     """Connections and flags with ``text`` in every string the page shows."""
+    from airflow_provider_walthrottle.indicators.base import Reading
     from airflow_provider_walthrottle.migrations.catalog import HistoryPoint, JobSummary, MigrationSummary
     from airflow_provider_walthrottle.migrations.state import Activity, RecentPace, TimeAccounts
-    from airflow_provider_walthrottle.plugins.overview import ConnectionOverview, FlagView
+    from airflow_provider_walthrottle.plugins.flag_variables import FlagView
+    from airflow_provider_walthrottle.plugins.overview import ConnectionOverview
+    from airflow_provider_walthrottle.plugins.readings import IndicatorRow
     from airflow_provider_walthrottle.wal.archiver_status import ArchiverStatus, BacklogMethod
     from airflow_provider_walthrottle.wal.health import HealthSignal, Signal
 
@@ -917,8 +1165,10 @@ def hostile_page_data(text: str) -> tuple[list[Any], list[Any]]:
         pace=RecentPace(keys=100, seconds=180.0, batches=1, minutes=None, since_first_batch=True),
     )
     health = HealthSignal(Signal.STOP, text, status, 42)
+    reading = Reading(text, Signal.UNKNOWN, text, values={text: 1.0}, details={text: text})
+    rows = (IndicatorRow(text, text, reading, stops=True, table=text, migrations=(text,)),)
     connections = [
-        ConnectionOverview(conn_id=text, health=health, migrations=(migration,)),
+        ConnectionOverview(conn_id=text, health=health, migrations=(migration,), indicators=rows),
         ConnectionOverview(conn_id=text, health=None, error=text),
     ]
     flags = [FlagView(key=text, description=text, default=False, raw=text, enabled=None, state=text)]
@@ -949,6 +1199,26 @@ def test_every_value_from_a_database_or_a_variable_is_escaped():
     quoted = urllib.parse.quote(HOSTILE, safe="")
     resume = f"data-url='/walthrottle/api/connections/{quoted}/migrations/{quoted}/resume'"
     assert resume in html.unescape(page)
+
+
+def test_a_readings_reason_and_numbers_are_shown_as_text():
+    """An indicator's reason quotes what the server says (a standby's name, a table, an error)."""
+    connections, flags = hostile_page_data(HOSTILE)
+    page = render(connections, flags)
+    elements = parsed(page)
+    assert elements.scripts == 1 and "img" not in elements.tags and not elements.handlers
+    assert HOSTILE not in page
+    row = page.split("<tr id='indicator-")[1].split("</tr>")[0]
+    cells = re.findall(r"<td class='(\w+)'>(.*?)</td>", row, flags=re.DOTALL)
+    reason = dict(cells)["reason"]
+    assert html.unescape(reason) == HOSTILE  # the reason, as text, whole
+    numbers = dict(cells)["numbers"]
+    assert HOSTILE in html.unescape(numbers)  # a value's name, in the cell and its title
+    assert "<b>1</b>" in numbers
+    # the row's flag button calls the API with the Variable's key percent-encoded
+    quoted = urllib.parse.quote(HOSTILE, safe="")
+    assert f"data-url='/walthrottle/api/flags/{quoted}'" in html.unescape(row)
+    assert "stops the migrations its rollout covers (unknown waits, as on stop)" in row
 
 
 @pytest.mark.parametrize(
@@ -1014,3 +1284,99 @@ def test_the_page_names_both_rates_and_the_charts_effective_rate():
     (points,) = re.findall(r"<polyline points='([^']+)'", chart)
     heights = {point.split(",")[1] for point in points.split()}
     assert len(points.split()) == 2 and len(heights) == 1
+
+
+def test_the_chart_draws_each_measurement_as_a_share_of_its_stop_threshold():
+    """Pending segments, the standbys' lag in both units and the slots' retention, per job.
+
+    Each job's numbers are those its last check saw, against the thresholds of that check; a job
+    that kept only its backlog (before 0.2) is drawn against the page's threshold.
+    """
+    from airflow_provider_walthrottle.plugins.page import chart_series
+
+    connections, flags = hostile_page_data("x")
+    migration = connections[0].migrations[0]
+    mib = 1 << 20
+    first, second = migration.history
+    checked = {
+        "wal_archival": {"pending_segments": 21, "max_pending_segments": 42},
+        "replication_lag": {
+            "standbys": 1,
+            "max_replay_lag_bytes": 32 * mib,
+            "max_replay_lag_seconds": None,  # not measured yet: no point
+            "max_lag_bytes": 64 * mib,
+            "max_lag_seconds": 1.5,
+        },
+        "replication_slots": {
+            "slots": 1,
+            "max_slot_retained_bytes": 2048 * mib,
+            "max_retained_bytes": 1024 * mib,
+        },
+    }
+    history = (first, dataclasses.replace(second, pending_segments=21, indicator_values=checked))
+    migration = dataclasses.replace(migration, history=history)
+    series = {line.spec.value: line for line in chart_series(history, 42)}
+    assert list(series) == ["pending_segments", "max_replay_lag_bytes", "max_slot_retained_bytes"]
+    assert [(p.index, p.share) for p in series["pending_segments"].points] == [(0, 3 / 42), (1, 0.5)]
+    assert [(p.index, p.share) for p in series["max_replay_lag_bytes"].points] == [(1, 0.5)]
+    assert series["max_slot_retained_bytes"].describe(series["max_slot_retained_bytes"].highest) == (
+        "2 GiB of 1 GiB (200%)"
+    )
+
+    connections[0] = dataclasses.replace(connections[0], migrations=(migration,))
+    page = render(connections, flags)
+    chart = page.split("<svg class='health-chart'")[1].split("</svg>")[0]
+    lines = dict(re.findall(r"<polyline class='series (s-[\w-]+)' points='([^']+)'", chart))
+    assert list(lines) == ["s-wal", "s-lag-bytes", "s-slots"]
+    assert ">200%</text>" in chart  # the axis reaches the highest share: the slot, at twice its bound
+    # the stop line at 100% of a 200% axis: half way down the plot (10 + 148 / 2)
+    assert "y1='84.0' y2='84.0' stroke='#c53030'" in chart
+    assert lines["s-slots"].endswith(",10.0")  # at the top
+    assert lines["s-lag-bytes"] == lines["s-wal"].split()[-1]  # both at half their thresholds
+    legend = page.split("<ul class='legend'>")[1].split("</ul>")[0]
+    assert "replication lag, bytes: last 32 MiB of 64 MiB (50%), highest 32 MiB of 64 MiB (50%)" in legend
+    assert "pending WAL segments: last 21 of 42 (50%), highest 21 of 42 (50%)" in legend
+
+
+def test_jobs_that_kept_only_their_backlog_are_read_and_their_table_upgraded_in_place(migration_db):
+    """State tables from before ``indicator_values`` (time accounts, no numbers by indicator)."""
+    import psycopg
+
+    from airflow_provider_walthrottle.migrations.catalog import read_migrations
+    from airflow_provider_walthrottle.plugins.page import chart_series
+
+    make_table(migration_db, "kept_backlog", 3000)
+    definition = increment_migration("kept_backlog", "kept_backlog")
+    settings = RunSettings(
+        sub_batch_size=100, pause_ms=0, policy=BatchSizePolicy(min_batch_size=100, max_batch_size=100)
+    )
+    with psycopg.connect(migration_db.dsn(), autocommit=True) as conn:
+
+        def check_health() -> HealthVerdict:
+            readings = tuple(read_indicators(conn, [WalArchivalIndicator()], IndicatorContext()))
+            return HealthVerdict.from_gate(GateVerdict(True, True, readings))
+
+        store = prepare(conn, definition, batch_size=100)
+        for _ in range(2):
+            assert isinstance(run_batch(store, settings, check_health), BatchDone)
+        # as a release with the time accounts but not this column left them
+        conn.execute("ALTER TABLE walthrottle.batched_migration_jobs DROP COLUMN indicator_values")
+        conn.execute("UPDATE walthrottle.batched_migration_jobs SET pending_segments = 7")
+
+        # the page reads them as they are: each job's backlog, against the page's threshold
+        (before,) = read_migrations(conn)
+        assert [(point.pending_segments, point.indicator_values) for point in before.history] == [
+            (7, None)
+        ] * 2
+        (wal,) = chart_series(before.history, 42)
+        assert [point.share for point in wal.points] == [7 / 42] * 2
+
+        # the next task adds the column in place; its job keeps what its check saw
+        store = prepare(conn, definition, batch_size=100)
+        assert isinstance(run_batch(store, settings, check_health), BatchDone)
+        (after,) = read_migrations(conn)
+    assert [point.indicator_values for point in after.history[:2]] == [None, None]
+    last = after.history[-1]
+    assert last.indicator_values is not None
+    assert last.indicator_values["wal_archival"]["pending_segments"] == last.pending_segments
+    assert last.indicator_values["wal_archival"]["max_pending_segments"] == 42
