@@ -8,12 +8,8 @@ from psycopg import sql
 
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition, MigrationDefinitionError
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
-from airflow_provider_walthrottle.migrations.plan import (
-    MigrationPlanError,
-    _batch_sizes,
-    _peak_backlog,
-    compute_plan,
-)
+from airflow_provider_walthrottle.migrations.plan import MigrationPlanError, compute_plan
+from airflow_provider_walthrottle.migrations.plan_estimates import batch_sizes, peak_backlog
 from airflow_provider_walthrottle.migrations.runner import RunSettings, prepare
 from tests.support.migration_runs import run_until_finished
 from tests.support.migration_tables import in_scope_keys, increment_migration, make_table
@@ -240,7 +236,7 @@ def test_batch_sizes_follow_the_optimizer(rows, rate, max_batch_size, expected):
         min_batch_size=100, max_batch_size=max_batch_size, target_batch_seconds=30.0, max_growth=4.0
     )
 
-    assert _batch_sizes(rows, 1000, policy, rate, 100.0) == expected
+    assert batch_sizes(rows, 1000, policy, rate, 100.0) == expected
 
 
 @pytest.mark.parametrize(
@@ -254,7 +250,7 @@ def test_batch_sizes_follow_the_optimizer(rows, rate, max_batch_size, expected):
     ],
 )
 def test_the_peak_backlog(wal_rate, archiver, database_seconds, expected):
-    peak, note = _peak_backlog(
+    peak, note = peak_backlog(
         wal_rate,
         archiver,
         10_000 * MIB,
@@ -276,7 +272,7 @@ def test_the_peak_backlog(wal_rate, archiver, database_seconds, expected):
     ],
 )
 def test_the_peak_backlog_starts_from_the_backlog_now(wal_rate, pending_now, expected):
-    peak, note = _peak_backlog(
+    peak, note = peak_backlog(
         wal_rate,
         2.0 * MIB if wal_rate < 2.0 * MIB else 1.0 * MIB,
         10_000 * MIB,
