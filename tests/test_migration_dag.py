@@ -122,7 +122,7 @@ def test_an_explicit_schedule_is_the_only_one_and_chains_nothing(schedule, timet
     ("every", "start_date", "time_part"),
     [
         (datetime.timedelta(hours=1), START, DeltaTriggerTimetable(datetime.timedelta(hours=1))),
-        ("@hourly", START, CronTriggerTimetable("0 * * * *", timezone=UTC)),
+        ("@hourly", START, CronTriggerTimetable("@hourly", timezone=UTC)),  # 3.2 keeps the alias
         ("30 2 * * *", pendulum.datetime(2026, 1, 1, tz=PARIS), CronTriggerTimetable("30 2 * * *", PARIS)),
     ],
 )
