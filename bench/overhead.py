@@ -57,7 +57,7 @@ from _cluster import (
 from _core import operator_settings, operator_task
 
 from airflow_provider_walthrottle.flags import WAL_HEALTH_FLAG
-from airflow_provider_walthrottle.migrations import queries
+from airflow_provider_walthrottle.migrations import schema_queries
 from airflow_provider_walthrottle.migrations.batch import BatchDone, Finished
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
 from airflow_provider_walthrottle.migrations.runner import prepare
@@ -100,7 +100,7 @@ def run_operator(dsn: str, table: str, sub_batch_size: int, batch_size: int = BA
                 break
             assert isinstance(step, BatchDone), step
         row = conn.execute(
-            sql.SQL("SELECT sum(sub_batches) FROM {} WHERE migration_name = %s").format(queries.JOBS),
+            sql.SQL("SELECT sum(sub_batches) FROM {} WHERE migration_name = %s").format(schema_queries.JOBS),
             [definition.name],
         ).fetchone()
     return int(row[0]) if row and row[0] is not None else -1

@@ -12,7 +12,7 @@ from airflow_provider_walthrottle.exceptions import (
     first_line,
 )
 from airflow_provider_walthrottle.hooks.wal_archival import WalArchivalHook
-from airflow_provider_walthrottle.migrations.queries import STATE_SCHEMA
+from airflow_provider_walthrottle.migrations.schema_queries import STATE_SCHEMA
 
 if TYPE_CHECKING:
     from airflow_provider_walthrottle.migrations.catalog import MigrationSummary

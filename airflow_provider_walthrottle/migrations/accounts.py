@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
 
-from airflow_provider_walthrottle.migrations import queries
+from airflow_provider_walthrottle.migrations import job_queries, queries
+from airflow_provider_walthrottle.migrations.progress import RECENT_BATCHES, RECENT_MINUTES, Progress
 from airflow_provider_walthrottle.migrations.state import (
     DEFAULT_THROTTLE_REASON,
-    RECENT_BATCHES,
-    RECENT_MINUTES,
     Activity,
     MigrationStateError,
-    Progress,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +59,7 @@ class MigrationAccounts:
         :param job_id: the job.
         :param pending_segments: the segments that waited for ``archive_command``.
         """
-        self._update(queries.NOTE_JOB_BACKLOG, [pending_segments, job_id])
+        self._update(job_queries.NOTE_JOB_BACKLOG, [pending_segments, job_id])
 
     def note_readings(self, job_id: int, values: Mapping[str, Mapping[str, float | int | None]]) -> None:
         """Keep the numbers a job's last health check saw, by indicator, for the migrations page's chart.
@@ -78,7 +76,8 @@ class MigrationAccounts:
         pending = values.get("wal_archival", {}).get("pending_segments")
         numbers = {indicator: dict(named) for indicator, named in values.items()}
         self._update(
-            queries.NOTE_JOB_READINGS, {"values": Jsonb(numbers), "pending_segments": pending, "id": job_id}
+            job_queries.NOTE_JOB_READINGS,
+            {"values": Jsonb(numbers), "pending_segments": pending, "id": job_id},
         )
 
     def begin_batch(self) -> None:

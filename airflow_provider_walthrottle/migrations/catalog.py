@@ -17,21 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
 
-from airflow_provider_walthrottle.migrations import queries
-from airflow_provider_walthrottle.migrations.state import (
+from airflow_provider_walthrottle.migrations import queries, schema_queries
+from airflow_provider_walthrottle.migrations.progress import (
     RECENT_BATCHES,
     RECENT_MINUTES,
-    MigrationStatus,
     Progress,
     RecentPace,
-    TimeAccounts,
-    TimeBreakdown,
 )
+from airflow_provider_walthrottle.migrations.state import MigrationStatus
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import psycopg
+
+    from airflow_provider_walthrottle.migrations.time_accounts import TimeAccounts, TimeBreakdown
 
 #: Statuses a migration can be paused from, and resumed from.
 PAUSABLE, RESUMABLE = MigrationStatus.ACTIVE, MigrationStatus.PAUSED
@@ -78,7 +78,7 @@ class HistoryPoint:
     """A finished job on the migration's chart: its batch size, what its last check saw, the pace then.
 
     :param keys_done: the keys this job walked.
-    :param recent_keys: the keys of the last :data:`~.state.RECENT_BATCHES` batches up to this one
+    :param recent_keys: the keys of the last :data:`~.progress.RECENT_BATCHES` batches up to this one
         (of the first ones: the keys of the batches after the first) ...
     :param recent_seconds: ... over the wall-clock seconds since the batch before them finished (since
         the first one finished); 0 for the first batch, which has no rate.
@@ -307,7 +307,7 @@ def read_migrations(
     """
     recent = {"recent_minutes": RECENT_MINUTES, "recent_batches": RECENT_BATCHES}
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(queries.STATE_TABLES_EXIST)
+        cursor.execute(schema_queries.STATE_TABLES_EXIST)
         tables = cursor.fetchone()
         if not tables or not tables["exist"]:
             return []
@@ -364,7 +364,7 @@ def set_migration_paused(conn: psycopg.Connection[Any], name: str, paused: bool)
     """
     new, old = (MigrationStatus.PAUSED, PAUSABLE) if paused else (MigrationStatus.ACTIVE, RESUMABLE)
     with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute(queries.STATE_TABLES_EXIST)
+        cursor.execute(schema_queries.STATE_TABLES_EXIST)
         tables = cursor.fetchone()
         if tables is not None and tables[1]:  # upgraded: the pause or resume changes the time accounts
             cursor.execute(queries.SET_STATUS, {"new": new, "name": name, "old": old})

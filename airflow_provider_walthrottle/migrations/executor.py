@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from airflow_provider_walthrottle.migrations import queries, table_queries
+from airflow_provider_walthrottle.migrations import job_queries, table_queries
 from airflow_provider_walthrottle.migrations.state import MigrationStateError, MigrationStatus, SubBatchResult
 
 if TYPE_CHECKING:
@@ -85,8 +85,8 @@ class SubBatchExecutor:
         """Run one sub-batch's transaction in the pipeline, up to its ``COMMIT``."""
         expected = self._resume_keys.get(job.id, job.resume_key)
         # round trip 1: BEGIN, the job's row lock, the range after where the job should resume
-        cursor.execute(queries.BEGIN)
-        cursor.execute(queries.RUNNING_JOB_RESUME_KEY, [job.id])
+        cursor.execute(job_queries.BEGIN)
+        cursor.execute(job_queries.RUNNING_JOB_RESUME_KEY, [job.id])
         with self.table.reading():
             self._plan(ranged, job, expected, sub_batch_size)
             resume = cursor.fetchone()
@@ -114,7 +114,7 @@ class SubBatchExecutor:
         # round trip 3: the progress, which reads the WAL the statement wrote before it writes, and
         # COMMIT; commit() sends both and waits
         cursor.execute(
-            queries.RECORD_SUB_BATCH,
+            job_queries.RECORD_SUB_BATCH,
             {
                 "last": last_key,
                 "rows": rows_affected,
@@ -200,7 +200,7 @@ class SubBatchExecutor:
     def _why_not_running(self, cursor: psycopg.Cursor[Any], job: Job) -> str:
         """Say why a job this worker claimed is no longer ``running``."""
         name = self.table.definition.name
-        cursor.execute(queries.JOB_AND_MIGRATION_STATUS, [job.id])
+        cursor.execute(job_queries.JOB_AND_MIGRATION_STATUS, [job.id])
         row = cursor.fetchone()
         if row is None:
             return f"job {job.id} of migration {name!r} no longer exists"

@@ -1,7 +1,7 @@
 """The job queue of a migration: claim a range of keys, hold it, split it, release it, fail it.
 
 A job being worked on is held by a session-level advisory lock (namespace
-:data:`~airflow_provider_walthrottle.migrations.queries.LOCK_NAMESPACE`, the job's id). When its
+:data:`~airflow_provider_walthrottle.migrations.schema_queries.LOCK_NAMESPACE`, the job's id). When its
 worker dies, PostgreSQL releases the lock with the session, and the next claim finds the job
 orphaned and runs it again at once, without waiting for a timeout. The connection is in autocommit
 mode: each method opens its own transaction, and a session-level lock outlives them all.
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import dict_row
 
-from airflow_provider_walthrottle.migrations import queries
+from airflow_provider_walthrottle.migrations import job_queries, queries, schema_queries
 from airflow_provider_walthrottle.migrations.state import (
     Job,
     JobStatus,
@@ -92,7 +92,7 @@ class JobQueue:
                 if job is None:
                     return self._close_if_drained(cursor, migration, max_attempts), None
                 cursor.execute(
-                    queries.START_JOB,
+                    job_queries.START_JOB,
                     {"id": job.id, "dag_id": dag_id, "run_id": run_id, "try_number": try_number},
                 )
                 return migration, job
@@ -111,7 +111,7 @@ class JobQueue:
         try:
             if status is not None:
                 with self.conn.transaction(), self.conn.cursor() as cursor:
-                    cursor.execute(queries.STOP_JOB, [status, error, job.id])
+                    cursor.execute(job_queries.STOP_JOB, [status, error, job.id])
         finally:
             self._unlock(job.id)
 
@@ -127,7 +127,7 @@ class JobQueue:
         """
         table = self.table
         with self.conn.transaction(), self.conn.cursor() as cursor:
-            cursor.execute(queries.JOB_RESUME_KEY, [job.id])
+            cursor.execute(job_queries.JOB_RESUME_KEY, [job.id])
             row = cursor.fetchone()
             assert row is not None
             resume_key = row[0]
@@ -152,8 +152,8 @@ class JobQueue:
             second_half = cursor.fetchone()
             assert second_half is not None
             for start_key, end_key, keys in (first_half[:3], (second_half[0], job.end_key, second_half[2])):
-                cursor.execute(queries.INSERT_JOB, [self.name, start_key, end_key, keys, 0])
-            cursor.execute(queries.MARK_JOB_SPLIT, [error, job.id])
+                cursor.execute(job_queries.INSERT_JOB, [self.name, start_key, end_key, keys, 0])
+            cursor.execute(job_queries.MARK_JOB_SPLIT, [error, job.id])
         self._unlock(job.id)
         return True
 
@@ -180,7 +180,7 @@ class JobQueue:
                     self.registry.load_for_update(
                         cursor
                     )  # the migration's row before jobs' rows, as claims do
-                cursor.execute(queries.STOP_JOB, [JobStatus.FAILED, error, job.id])
+                cursor.execute(job_queries.STOP_JOB, [JobStatus.FAILED, error, job.id])
                 if migration_error is not None:
                     self._fail_migration_in(cursor, migration_error)
         finally:
@@ -194,12 +194,12 @@ class JobQueue:
         # Candidates are read without row locks: a live worker's job row must stay free for its
         # next sub-batch. Each candidate's advisory lock decides; then its row is read again, locked.
         # A 'running' job whose lock is free is an orphan: its worker or its connection was lost.
-        cursor.execute(queries.OPEN_JOBS, {"name": self.name, "max_attempts": max_attempts})
+        cursor.execute(job_queries.OPEN_JOBS, {"name": self.name, "max_attempts": max_attempts})
         for candidate in cursor.fetchall():
             if not self._try_lock(cursor, candidate["id"], locked):
                 continue  # a live worker holds it
             cursor.execute(
-                queries.OPEN_JOB_FOR_UPDATE,
+                job_queries.OPEN_JOB_FOR_UPDATE,
                 {"name": self.name, "max_attempts": max_attempts, "id": candidate["id"]},
             )
             row = cursor.fetchone()
@@ -211,7 +211,7 @@ class JobQueue:
             # or connection was lost, resumes where it stopped on the attempt it was on
             attempts = row["attempts"] + 1 if row["status"] == JobStatus.FAILED else max(row["attempts"], 1)
             if attempts != row["attempts"]:
-                cursor.execute(queries.SET_JOB_ATTEMPTS, [attempts, row["id"]])
+                cursor.execute(job_queries.SET_JOB_ATTEMPTS, [attempts, row["id"]])
             row.pop("status")
             return Job(**{**row, "attempts": attempts})
         return None
@@ -237,7 +237,7 @@ class JobQueue:
         if not row["in_range"]:
             bounds = f"{'from' if inclusive else 'after'} {after} up to {migration.max_key}"
             raise table.escaped(f"planning a new job found keys {start_key}..{end_key}, not all {bounds}")
-        cursor.execute(queries.INSERT_JOB, [self.name, start_key, end_key, keys, 1])
+        cursor.execute(job_queries.INSERT_JOB, [self.name, start_key, end_key, keys, 1])
         created = cursor.fetchone()
         assert created is not None
         self._try_lock(cursor, created["id"], locked)
@@ -256,7 +256,7 @@ class JobQueue:
         self, cursor: psycopg.Cursor[Any], migration: Migration, max_attempts: int
     ) -> Migration:
         """Nothing to claim: finish the migration if all is done, fail it if a job used up its attempts."""
-        cursor.execute(queries.JOBS_LEFT, {"name": self.name, "max_attempts": max_attempts})
+        cursor.execute(job_queries.JOBS_LEFT, {"name": self.name, "max_attempts": max_attempts})
         row = cursor.fetchone()
         assert row is not None
         if row["id"] is not None:
@@ -271,7 +271,7 @@ class JobQueue:
     # ---------------------------------------------------------------------------------------- locks
 
     def _try_lock(self, cursor: psycopg.Cursor[Any], job_id: int, locked: list[int]) -> bool:
-        cursor.execute(queries.TRY_LOCK_JOB, [queries.LOCK_NAMESPACE, job_id])
+        cursor.execute(job_queries.TRY_LOCK_JOB, [schema_queries.LOCK_NAMESPACE, job_id])
         row = cursor.fetchone()
         assert row is not None
         if row["ok"]:
@@ -281,11 +281,11 @@ class JobQueue:
     def _unlock(self, job_id: int) -> None:
         """Release a job's advisory lock (session-level: in or out of a transaction alike)."""
         if not self.conn.closed:
-            self.conn.execute(queries.UNLOCK_JOB, [queries.LOCK_NAMESPACE, job_id])
+            self.conn.execute(job_queries.UNLOCK_JOB, [schema_queries.LOCK_NAMESPACE, job_id])
 
     def _fail_migration_in(self, cursor: psycopg.Cursor[Any], error: str) -> None:
         """Fail the migration and stop its running jobs, in the caller's transaction."""
         cursor.execute(queries.FAIL_MIGRATION, [error, self.name])
         cursor.execute(
-            queries.STOP_RUNNING_JOBS, [f"stopped where it was: the migration failed: {error}", self.name]
+            job_queries.STOP_RUNNING_JOBS, [f"stopped where it was: the migration failed: {error}", self.name]
         )

@@ -13,7 +13,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row, dict_row
 
-from airflow_provider_walthrottle.migrations import queries, table_queries
+from airflow_provider_walthrottle.migrations import queries, schema_queries, table_queries
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinitionError
 from airflow_provider_walthrottle.migrations.state import KEY_TYPES, Migration, MigrationStateError
 
@@ -38,8 +38,8 @@ class MigrationRegistry:
     def ensure_state_tables(self) -> None:
         """Create the provider's schema and tables if they are missing; safe to run concurrently."""
         with self.conn.transaction(), self.conn.cursor() as cursor:
-            cursor.execute(queries.LOCK_STATE_CREATION)
-            for statement in queries.CREATE_STATE:
+            cursor.execute(schema_queries.LOCK_STATE_CREATION)
+            for statement in schema_queries.CREATE_STATE:
                 cursor.execute(statement)
 
     def inspect_key_column(self) -> str:

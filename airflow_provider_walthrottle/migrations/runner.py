@@ -40,7 +40,6 @@ from airflow_provider_walthrottle.migrations.state import (
     JobStatus,
     MigrationStateError,
     MigrationStatus,
-    Progress,
     RangeEscapedError,
     SubBatchResult,
     attempts_used_up,
@@ -52,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
+    from airflow_provider_walthrottle.migrations.progress import Progress
     from airflow_provider_walthrottle.wal.health import HealthSignal
 
 

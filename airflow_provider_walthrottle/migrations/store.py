@@ -28,14 +28,14 @@ from airflow_provider_walthrottle.migrations.catalog import set_migration_paused
 from airflow_provider_walthrottle.migrations.executor import SubBatchExecutor
 from airflow_provider_walthrottle.migrations.jobs import SPLITTABLE_ERRORS as SPLITTABLE_ERRORS
 from airflow_provider_walthrottle.migrations.jobs import JobQueue
-from airflow_provider_walthrottle.migrations.registry import MigrationRegistry
 
 # the names this module exported before 0.2, for one release
+from airflow_provider_walthrottle.migrations.progress import Progress as Progress
+from airflow_provider_walthrottle.migrations.registry import MigrationRegistry
 from airflow_provider_walthrottle.migrations.state import KEY_TYPES as KEY_TYPES
 from airflow_provider_walthrottle.migrations.state import Job as Job
 from airflow_provider_walthrottle.migrations.state import Migration as Migration
 from airflow_provider_walthrottle.migrations.state import MigrationStateError as MigrationStateError
-from airflow_provider_walthrottle.migrations.state import Progress as Progress
 from airflow_provider_walthrottle.migrations.state import RangeEscapedError as RangeEscapedError
 from airflow_provider_walthrottle.migrations.state import SubBatchResult as SubBatchResult
 from airflow_provider_walthrottle.migrations.state import attempts_used_up as attempts_used_up

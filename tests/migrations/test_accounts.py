@@ -25,8 +25,9 @@ from airflow_provider_walthrottle.migrations.batch import BatchDone, Finished, W
 from airflow_provider_walthrottle.migrations.catalog import read_migrations, set_migration_paused
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
 from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
+from airflow_provider_walthrottle.migrations.progress import Progress
 from airflow_provider_walthrottle.migrations.runner import HealthVerdict, JobFailedError, RunSettings, prepare
-from airflow_provider_walthrottle.migrations.state import Activity, MigrationStatus, Progress
+from airflow_provider_walthrottle.migrations.state import Activity, MigrationStatus
 from airflow_provider_walthrottle.wal.health import evaluate_wal_archival
 from airflow_provider_walthrottle.wal.queries import read_archiver_status
 from tests.support.migration_runs import always_healthy

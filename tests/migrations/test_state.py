@@ -7,14 +7,9 @@ import datetime
 
 import pytest
 
-from airflow_provider_walthrottle.migrations.state import (
-    Activity,
-    MigrationStatus,
-    Progress,
-    RecentPace,
-    TimeAccounts,
-    TimeBreakdown,
-)
+from airflow_provider_walthrottle.migrations.progress import Progress, RecentPace
+from airflow_provider_walthrottle.migrations.state import Activity, MigrationStatus
+from airflow_provider_walthrottle.migrations.time_accounts import TimeAccounts, TimeBreakdown
 
 START = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
 

@@ -1077,7 +1077,9 @@ def hostile_page_data(text: str) -> tuple[list[Any], list[Any]]:
     """Connections and flags with ``text`` in every string the page shows."""
     from airflow_provider_walthrottle.indicators.base import Reading
     from airflow_provider_walthrottle.migrations.catalog import HistoryPoint, JobSummary, MigrationSummary
-    from airflow_provider_walthrottle.migrations.state import Activity, RecentPace, TimeAccounts
+    from airflow_provider_walthrottle.migrations.progress import RecentPace
+    from airflow_provider_walthrottle.migrations.state import Activity
+    from airflow_provider_walthrottle.migrations.time_accounts import TimeAccounts
     from airflow_provider_walthrottle.plugins.flag_variables import FlagView
     from airflow_provider_walthrottle.plugins.overview import ConnectionOverview
     from airflow_provider_walthrottle.plugins.readings import IndicatorRow

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from airflow_provider_walthrottle.migrations.queries import LOCK_NAMESPACE
 from airflow_provider_walthrottle.migrations.runner import (
     BatchResult,
     HealthVerdict,
@@ -23,6 +22,7 @@ from airflow_provider_walthrottle.migrations.runner import (
     RunSettings,
     run_one_batch,
 )
+from airflow_provider_walthrottle.migrations.schema_queries import LOCK_NAMESPACE
 from airflow_provider_walthrottle.wal.health import OnUnavailable, evaluate_wal_archival, may_proceed
 from airflow_provider_walthrottle.wal.queries import read_archiver_status
 
