@@ -75,6 +75,8 @@ nitpick_ignore = [
     ("py:class", "BaseOperator"),
     ("py:class", "TaskInstanceKey"),
     ("py:class", "CLICommand"),
+    # the result type variable of airflow_provider_walthrottle.conversation's generic functions
+    ("py:class", "T"),
 ]
 
 html_theme = "alabaster"

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from airflow.sdk.exceptions import AirflowNotFoundException
-from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.config import (
     configured_connect_timeout,
     configured_read_only_statement_timeout,
 )
+from airflow_provider_walthrottle.conversation import aconverse
 from airflow_provider_walthrottle.exceptions import (
     ConnectionNotDefinedError,
     DatabaseConnectError,
@@ -214,15 +214,9 @@ class WalArchivalHook(PostgresHook):
         :raises DatabaseConnectError: if the server cannot be reached or refuses the login.
         :raises InsufficientPrivilegeError: if the role may not even read the archiver statistics.
         """
-        conversation = archiver_status_conversation(exact_up_to=exact_up_to)
-        async with self._async_read_only_connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+        async with self._async_read_only_connection() as conn:
             try:
-                query = next(conversation)
-                while True:
-                    await cursor.execute(query)
-                    query = conversation.send(await cursor.fetchall())
-            except StopIteration as done:
-                return done.value
+                return await aconverse(conn, archiver_status_conversation(exact_up_to=exact_up_to))
             except psycopg.Error as error:
                 raise self._query_error(error) from None
 
@@ -267,7 +261,6 @@ class WalArchivalHook(PostgresHook):
         """
         readings = []
         async with self._async_read_only_connection() as conn:
-            await conn.set_autocommit(True)
             for indicator in indicators:
                 try:
                     readings.append(await aread_indicator(conn, indicator, context))
@@ -330,6 +323,7 @@ class WalArchivalHook(PostgresHook):
         except psycopg.Error as error:
             raise self._connect_error(target, error, kwargs) from None
         try:
+            await conn.set_autocommit(True)  # each conversation runs in a transaction of its own
             await conn.set_read_only(True)
             yield conn
         finally:

@@ -7,8 +7,8 @@ is a *conversation*, as for the WAL archival backlog
 (:func:`~airflow_provider_walthrottle.wal.queries.archiver_status_conversation`): the indicator
 yields each query and receives its rows, so a synchronous connection (a task) and an asynchronous
 one (the trigger) drive the very same steps, through :func:`read_indicator` and
-:func:`aread_indicator`. The decision over several readings is the gate's
-(:mod:`airflow_provider_walthrottle.gate`).
+:func:`aread_indicator` (:mod:`airflow_provider_walthrottle.conversation`). The decision over
+several readings is the gate's (:mod:`airflow_provider_walthrottle.gate`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow_provider_walthrottle.conversation import aconverse, converse
 
 if TYPE_CHECKING:
     import psycopg
@@ -209,17 +211,7 @@ def read_indicator(
     :param indicator: the indicator.
     :param context: what the caller knows.
     """
-    from psycopg.rows import dict_row
-
-    conversation = indicator.conversation(context)
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        try:
-            query = next(conversation)
-            while True:
-                cursor.execute(query)
-                query = conversation.send(cursor.fetchall())
-        except StopIteration as done:
-            return done.value
+    return converse(conn, indicator.conversation(context))
 
 
 def read_indicators(
@@ -246,17 +238,7 @@ async def aread_indicator(
     :param indicator: the indicator.
     :param context: what the caller knows.
     """
-    from psycopg.rows import dict_row
-
-    conversation = indicator.conversation(context)
-    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        try:
-            query = next(conversation)
-            while True:
-                await cursor.execute(query)
-                query = conversation.send(await cursor.fetchall())
-        except StopIteration as done:
-            return done.value
+    return await aconverse(conn, indicator.conversation(context))
 
 
 def fraction_of(value: float | None, limit: float) -> float | None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
+from airflow_provider_walthrottle.conversation import converse
 from airflow_provider_walthrottle.wal.archiver_status import (
     ArchiverStatus,
     ServerArchiverState,
@@ -79,15 +79,7 @@ def read_archiver_status(conn: psycopg.Connection[Any], *, exact_up_to: int | No
     :param conn: a psycopg connection in autocommit mode (or with no transaction open).
     :param exact_up_to: see :func:`archiver_status_conversation`.
     """
-    conversation = archiver_status_conversation(exact_up_to=exact_up_to)
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        try:
-            query = next(conversation)
-            while True:
-                cursor.execute(query)
-                query = conversation.send(cursor.fetchall())
-        except StopIteration as done:
-            return done.value
+    return converse(conn, archiver_status_conversation(exact_up_to=exact_up_to))
 
 
 def archiver_status_conversation(*, exact_up_to: int | None = None) -> StatusConversation:
