@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from airflow_provider_walthrottle.migrations.schema_queries import JOBS, MIGRATIONS, SETTLED, one_of
+from airflow_provider_walthrottle.migrations.schema_queries import (
+    JOBS,
+    MIGRATIONS,
+    SETTLED,
+    STATUS_LITERALS,
+    one_of,
+)
 from airflow_provider_walthrottle.migrations.state import JobStatus
 
 #: Take a job's session-level advisory lock if it is free: ``[namespace, job id]``; one row, ``ok``.
@@ -28,7 +34,7 @@ FROM {} WHERE migration_name = %(name)s
 ).format(
     JOBS,
     open=one_of((JobStatus.PENDING, JobStatus.RUNNING, JobStatus.PAUSED)),
-    failed=sql.Literal(JobStatus.FAILED),
+    **STATUS_LITERALS,
 )
 
 #: A migration's jobs that a claim may take (pending, running, paused, or failed with attempts
@@ -74,7 +80,7 @@ WITH exhausted AS (
 SELECT (SELECT count(*) FROM {jobs} WHERE migration_name = %(name)s AND status NOT IN {settled}) AS open,
        exhausted.*
 FROM (SELECT 1) AS one LEFT JOIN exhausted ON true"""
-).format(jobs=JOBS, failed=sql.Literal(JobStatus.FAILED), settled=SETTLED)
+).format(jobs=JOBS, settled=SETTLED, **STATUS_LITERALS)
 
 #: Open a sub-batch's transaction, in a pipeline (where ``Connection.transaction()`` would add two
 #: syncs). No lock.
@@ -134,7 +140,7 @@ UPDATE {jobs} SET resume_key = coalesce(%(last)s, resume_key), rows_affected = r
 FROM written
 WHERE id = %(id)s
 RETURNING written.wal_bytes"""
-).format(jobs=JOBS, succeeded=sql.Literal(JobStatus.SUCCEEDED))
+).format(jobs=JOBS, **STATUS_LITERALS)
 
 #: Keep the WAL backlog a job's last health check saw: ``[pending segments, job id]``. Takes the
 #: job's row lock.

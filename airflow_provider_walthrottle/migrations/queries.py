@@ -22,6 +22,7 @@ from airflow_provider_walthrottle.migrations.schema_queries import (
     JOBS,
     MIGRATIONS,
     SETTLED,
+    STATUS_LITERALS,
     TIME_ACCOUNTS,
     TIME_ACCOUNTS_BEFORE_0_2,
 )
@@ -52,10 +53,7 @@ VALUES (%(name)s, %(schema)s, %(table)s, %(column)s, %(key_type)s, %(batch_sql)s
 ON CONFLICT (name) DO NOTHING"""
 ).format(
     MIGRATIONS,
-    finished=sql.Literal(MigrationStatus.FINISHED),
-    active=sql.Literal(MigrationStatus.ACTIVE),
-    a_finished=sql.Literal(Activity.FINISHED),
-    a_waiting=sql.Literal(Activity.WAITING),
+    **STATUS_LITERALS,
 )
 
 _MIGRATION_ROW = sql.SQL(
@@ -159,16 +157,7 @@ WHERE m.name = %(name)s AND m.activity IS DISTINCT FROM {a_finished}
 ).format(
     migrations=MIGRATIONS,
     close=_close_open_entry(sql.SQL("coalesce(%(closing_as)s::text, m.activity)")),
-    active=sql.Literal(MigrationStatus.ACTIVE),
-    paused=sql.Literal(MigrationStatus.PAUSED),
-    failed=sql.Literal(MigrationStatus.FAILED),
-    finished=sql.Literal(MigrationStatus.FINISHED),
-    a_paused=sql.Literal(Activity.PAUSED),
-    a_failed=sql.Literal(Activity.FAILED),
-    a_finished=sql.Literal(Activity.FINISHED),
-    a_running=sql.Literal(Activity.RUNNING),
-    a_waiting=sql.Literal(Activity.WAITING),
-    a_throttled=sql.Literal(Activity.THROTTLED),
+    **STATUS_LITERALS,
     a_job_runs=_A_JOB_RUNS,
 )
 
@@ -189,10 +178,7 @@ RETURNING m.name"""
 ).format(
     migrations=MIGRATIONS,
     close=_close_open_entry(sql.SQL("m.activity")),
-    paused=sql.Literal(MigrationStatus.PAUSED),
-    a_paused=sql.Literal(Activity.PAUSED),
-    a_running=sql.Literal(Activity.RUNNING),
-    a_waiting=sql.Literal(Activity.WAITING),
+    **STATUS_LITERALS,
     a_job_runs=_A_JOB_RUNS,
 )
 
@@ -228,7 +214,7 @@ JOB_TOTALS = sql.SQL(
        coalesce(sum(j.duration_seconds), 0)::float8 AS active_seconds,
        count(j.id) FILTER (WHERE j.status = {succeeded}) AS jobs_succeeded,
        count(j.id) FILTER (WHERE j.status NOT IN {settled}) AS jobs_open"""
-).format(succeeded=sql.Literal(JobStatus.SUCCEEDED), settled=SETTLED)
+).format(**STATUS_LITERALS, settled=SETTLED)
 
 #: What the recent pace (:class:`~.progress.RecentPace`) is chosen from, as ``LATERAL`` subqueries
 #: after ``{migrations} AS m``: the batches (jobs) that finished in the last ``recent_minutes``
@@ -317,7 +303,7 @@ MIGRATION_SUMMARIES = _MIGRATION_SUMMARIES.format(
     migrations=MIGRATIONS,
     jobs=JOBS,
     recent_pace=_RECENT_PACE,
-    finished=sql.Literal(MigrationStatus.FINISHED),
+    **STATUS_LITERALS,
 )
 
 #: The same from tables before 0.2, which no task upgraded yet: their time accounts as the upgrade
@@ -328,7 +314,7 @@ MIGRATION_SUMMARIES_BEFORE_0_2 = _MIGRATION_SUMMARIES.format(
     migrations=MIGRATIONS,
     jobs=JOBS,
     recent_pace=_RECENT_PACE,
-    finished=sql.Literal(MigrationStatus.FINISHED),
+    **STATUS_LITERALS,
 )
 
 #: Each named migration's last ``limit`` jobs, newest first: ``names``, ``limit``. No lock.

@@ -52,6 +52,17 @@ def one_of(
 #: The statuses of :data:`~.state.SETTLED_JOB_STATUSES`, as an SQL list of literals.
 SETTLED = one_of(SETTLED_JOB_STATUSES)
 
+#: The statuses and activities by the names the statements' placeholders give them: ``{active}``,
+#: ``{paused}``, ``{finished}``, ``{failed}`` (a migration's status; a job's ``failed`` is the same
+#: text), ``{succeeded}`` (a job's), and ``{a_running}``, ``{a_waiting}``… (a migration's
+#: activity). A statement takes them with ``.format(**STATUS_LITERALS, …)``; those it does not
+#: name are ignored.
+STATUS_LITERALS = {
+    **{status.value: sql.Literal(status) for status in MigrationStatus},
+    **{f"a_{activity.value}": sql.Literal(activity) for activity in Activity},
+    "succeeded": sql.Literal(JobStatus.SUCCEEDED),
+}
+
 # ------------------------------------------------------------------------------------ state tables
 
 #: Statements that create the state tables as 0.1 had them; :data:`CREATE_STATE` runs them.
@@ -85,7 +96,7 @@ CREATE TABLE IF NOT EXISTS {migrations} (
 )"""
     ).format(
         migrations=MIGRATIONS,
-        active=sql.Literal(MigrationStatus.ACTIVE),
+        **STATUS_LITERALS,
         migration_statuses=one_of(MigrationStatus),
     ),
     sql.SQL(
@@ -128,31 +139,22 @@ _SEED_TIME_ACCOUNTS = {
         "WHEN {failed} THEN {a_failed} ELSE CASE WHEN m.throttled_since IS NULL THEN {a_waiting} "
         "ELSE {a_throttled} END END"
     ).format(
-        finished=sql.Literal(MigrationStatus.FINISHED),
-        paused=sql.Literal(MigrationStatus.PAUSED),
-        failed=sql.Literal(MigrationStatus.FAILED),
-        a_finished=sql.Literal(Activity.FINISHED),
-        a_paused=sql.Literal(Activity.PAUSED),
-        a_failed=sql.Literal(Activity.FAILED),
-        a_waiting=sql.Literal(Activity.WAITING),
-        a_throttled=sql.Literal(Activity.THROTTLED),
+        **STATUS_LITERALS,
     ),
     "activity_reason": sql.SQL(
         "CASE WHEN m.status = {active} AND m.throttled_since IS NOT NULL THEN {reason} END"
-    ).format(active=sql.Literal(MigrationStatus.ACTIVE), reason=sql.Literal(DEFAULT_THROTTLE_REASON)),
+    ).format(**STATUS_LITERALS, reason=sql.Literal(DEFAULT_THROTTLE_REASON)),
     # paused and failed since their status last changed; an open wait since it opened
     "activity_since": sql.SQL(
         "CASE WHEN m.status = {finished} THEN coalesce(m.finished_at, m.updated_at) "
         "WHEN m.status IN ({paused}, {failed}) THEN m.updated_at "
         "ELSE coalesce(m.throttled_since, now()) END"
     ).format(
-        finished=sql.Literal(MigrationStatus.FINISHED),
-        paused=sql.Literal(MigrationStatus.PAUSED),
-        failed=sql.Literal(MigrationStatus.FAILED),
+        **STATUS_LITERALS,
     ),
     "held_since": sql.SQL(
         "CASE WHEN m.status = {paused} THEN m.updated_at WHEN m.status = {active} THEN m.throttled_since END"
-    ).format(paused=sql.Literal(MigrationStatus.PAUSED), active=sql.Literal(MigrationStatus.ACTIVE)),
+    ).format(**STATUS_LITERALS),
     "running_seconds": sql.SQL("0::float8"),
     "waiting_seconds": sql.SQL("0::float8"),
     "paused_seconds": sql.SQL("0::float8"),
@@ -205,7 +207,7 @@ BEGIN
         UPDATE {migrations} AS m SET {seed};
         -- rows a worker of 0.1 inserts from now on: waiting, from their start
         ALTER TABLE {migrations}
-            ALTER COLUMN activity SET DEFAULT {waiting},
+            ALTER COLUMN activity SET DEFAULT {a_waiting},
             ALTER COLUMN activity_since SET DEFAULT now();
         CREATE INDEX IF NOT EXISTS {finished_index} ON {jobs} (migration_name, finished_at);
     END IF;
@@ -226,7 +228,7 @@ $upgrade$"""
         sql.SQL("{} = {}").format(sql.Identifier(name), expression)
         for name, expression in _SEED_TIME_ACCOUNTS.items()
     ),
-    waiting=sql.Literal(Activity.WAITING),
+    **STATUS_LITERALS,
     finished_index=sql.Identifier("batched_migration_jobs_migration_finished_idx"),
 )
 
