@@ -34,8 +34,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
-import textwrap
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +51,7 @@ from airflow_provider_walthrottle.indicators.base import IndicatorContext, read_
 from airflow_provider_walthrottle.indicators.replication_lag import ReplicationLagIndicator
 from airflow_provider_walthrottle.indicators.replication_slots import ReplicationSlotsIndicator
 from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalIndicator
-from tests.support.airflow_standalone import AirflowStandalone, make_home
+from tests.support.airflow_standalone import AirflowStandalone, make_home, serving_dag
 from tests.support.postgres_cluster import wait_until
 
 if TYPE_CHECKING:
@@ -215,18 +213,8 @@ def airflow(servers: Servers, metadata_db: str) -> Iterator[AirflowStandalone]:
         connections={CONN_ID: servers.primary.uri()},
         parallelism=4,
     )
-    try:
-        instance.prepare()
-        (instance.dags_folder / f"{DAG_ID}.py").write_text(textwrap.dedent(DAG_FILE), encoding="utf-8")
-        yield instance
-    finally:
-        forced = instance.stop()
-        leftovers = instance.leftover_processes()
-        if os.environ.get("WALTHROTTLE_KEEP_AIRFLOW_HOME") != "1":
-            instance.remove_home()
-        assert not leftovers, f"processes left behind: {leftovers}"
-        if forced:
-            print("\nstopping Airflow needed force:\n  " + "\n  ".join(forced))
+    with serving_dag(instance, DAG_ID, DAG_FILE) as ready:
+        yield ready
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,14 +23,13 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import textwrap
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from psycopg import sql
 
-from tests.support.airflow_standalone import AirflowStandalone, make_home
+from tests.support.airflow_standalone import AirflowStandalone, make_home, serving_dag
 from tests.support.statsd_listener import StatsdListener
 
 if TYPE_CHECKING:
@@ -156,18 +155,8 @@ def airflow(
             "walthrottle": {"ui_connection_ids": CONN_ID},
         },
     )
-    try:
-        instance.prepare()
-        (instance.dags_folder / f"{DAG_ID}.py").write_text(textwrap.dedent(DAG_FILE), encoding="utf-8")
-        yield instance
-    finally:
-        forced = instance.stop()
-        leftovers = instance.leftover_processes()
-        if os.environ.get("WALTHROTTLE_KEEP_AIRFLOW_HOME") != "1":
-            instance.remove_home()
-        assert not leftovers, f"processes left behind: {leftovers}"
-        if forced:
-            print("\nstopping Airflow needed force:\n  " + "\n  ".join(forced))
+    with serving_dag(instance, DAG_ID, DAG_FILE) as ready:
+        yield ready
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.parse
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from types import TracebackType
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "AirflowStandalone",
     "free_port",
     "make_home",
+    "serving_dag",
     "stop_all",
 ]
 
@@ -709,3 +711,28 @@ def make_home(prefix: str = "walthrottle-airflow-standalone-") -> Path:
     :param prefix: prefix of its name.
     """
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@contextlib.contextmanager
+def serving_dag(instance: AirflowStandalone, dag_id: str, dag_source: str) -> Iterator[AirflowStandalone]:
+    """Prepare ``instance`` with one DAG file; afterwards stop every process it started and fail if
+    one is left behind.
+
+    Its home is removed unless ``WALTHROTTLE_KEEP_AIRFLOW_HOME=1`` (to read the logs after a failure).
+
+    :param instance: an Airflow, not prepared yet.
+    :param dag_id: the DAG file's name, without ``.py``.
+    :param dag_source: the DAG file's text (dedented here).
+    """
+    try:
+        instance.prepare()
+        (instance.dags_folder / f"{dag_id}.py").write_text(textwrap.dedent(dag_source), encoding="utf-8")
+        yield instance
+    finally:
+        forced = instance.stop()
+        leftovers = instance.leftover_processes()
+        if os.environ.get("WALTHROTTLE_KEEP_AIRFLOW_HOME") != "1":
+            instance.remove_home()
+        assert not leftovers, f"processes left behind: {leftovers}"
+        if forced:
+            print("\nstopping Airflow needed force:\n  " + "\n  ".join(forced))
