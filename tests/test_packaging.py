@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib  # the standard library's from Python 3.11, which `./dev` and CI run the tests on
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-tomllib = pytest.importorskip("tomllib")
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTION = "airflow-provider-walthrottle"
