@@ -14,6 +14,17 @@ import pytest
 from airflow_provider_walthrottle.cli import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, main
 
 
+def one_error_line(capsys, code: int) -> str:
+    """Assert that a command exited UNKNOWN with one ``walthrottle: error:`` line on stderr, nothing on
+    stdout; return that line."""
+    captured = capsys.readouterr()
+    assert code == EXIT_UNKNOWN
+    assert captured.out == ""
+    assert captured.err.startswith("walthrottle: error: ")
+    assert captured.err.count("\n") == 1
+    return captured.err
+
+
 def test_status_above_the_threshold_exits_critical(pg_drained, capsys):
     pg_drained.archive_one_segment()
     pg_drained.make_backlog(5)
@@ -114,12 +125,7 @@ def test_errors_are_one_line_on_stderr(capsys, args, message):
         port = probe.getsockname()[1]
     code = main([arg.format(port=port) for arg in args])
 
-    captured = capsys.readouterr()
-    assert code == EXIT_UNKNOWN
-    assert captured.out == ""
-    assert captured.err.startswith("walthrottle: error: ")
-    assert message in captured.err
-    assert captured.err.count("\n") == 1
+    assert message in one_error_line(capsys, code)
 
 
 def test_a_threshold_that_is_not_a_number_is_a_usage_error(capsys):
@@ -253,14 +259,11 @@ def test_airflow_walthrottle_status_above_the_threshold_exits_critical(pg_draine
 def test_a_malformed_dsn_is_refused_without_quoting_it(capsys, dsn, secrets):
     code = main(["status", dsn])
 
-    captured = capsys.readouterr()
-    assert code == EXIT_UNKNOWN
-    assert captured.out == ""
-    assert captured.err.startswith("walthrottle: error: the DSN is malformed")
-    assert "expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE" in captured.err
-    assert captured.err.count("\n") == 1
+    error = one_error_line(capsys, code)
+    assert error.startswith("walthrottle: error: the DSN is malformed")
+    assert "expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE" in error
     for secret in secrets:
-        assert secret not in captured.err
+        assert secret not in error
 
 
 def test_the_console_script_prints_no_password_of_a_malformed_dsn():
@@ -394,12 +397,7 @@ def test_plan_errors_are_one_line_and_exit_unknown(pg_drained, capsys, argv, mes
 
     code = main(args)
 
-    captured = capsys.readouterr()
-    assert code == EXIT_UNKNOWN
-    assert captured.out == ""
-    assert captured.err.startswith("walthrottle: error: ")
-    assert message in captured.err
-    assert captured.err.count("\n") == 1
+    assert message in one_error_line(capsys, code)
 
 
 def test_plan_of_an_unreachable_server_exits_unknown(capsys):
