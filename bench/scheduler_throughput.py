@@ -198,21 +198,26 @@ def core_rate(target: PostgresCluster, seconds: float, operator_kwargs: dict[str
 
     from airflow_provider_walthrottle.migrations.batch import BatchDone
     from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
-    from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
     from airflow_provider_walthrottle.migrations.runner import RunSettings, prepare
+    from airflow_provider_walthrottle.operators.batched_migration import BatchedMigrationOperator
 
     copy_items_table(target, TABLE, "items_core")
-    batch_size = operator_kwargs.get("batch_size", 1000)
-    policy = BatchSizePolicy(
-        min_batch_size=min(operator_kwargs.get("min_batch_size", 100), batch_size),
-        max_batch_size=max(operator_kwargs.get("max_batch_size", 100_000), batch_size),
+    # the operator's own defaults, as the DAG's task has them: build the operator and read them back
+    operator = BatchedMigrationOperator(
+        task_id="core",
+        migration_name="bench_core",
+        table="public.items_core",
+        column="id",
+        batch_sql=update_sql("items_core"),
+        **operator_kwargs,
     )
     settings = RunSettings(
-        sub_batch_size=operator_kwargs.get("sub_batch_size", 100),
-        pause_ms=operator_kwargs.get("pause_ms", 100),
+        sub_batch_size=operator.sub_batch_size,
+        pause_ms=operator.pause_ms,
         max_pending_segments=DEFAULT_MAX_PENDING_SEGMENTS,
-        policy=policy,
+        policy=operator.policy,
     )
+    batch_size = operator.batch_size
     definition = MigrationDefinition("bench_core", "public.items_core", "id", update_sql("items_core"))
     keys = 0
     with psycopg.connect(target.dsn(), autocommit=True) as conn:
