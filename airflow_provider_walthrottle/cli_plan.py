@@ -1,8 +1,10 @@
 """``walthrottle plan`` and ``airflow walthrottle plan``: print a migration's plan before it runs.
 
 The plan is :func:`~airflow_provider_walthrottle.migrations.plan.compute_plan`'s: exit 0 when it is
-computed, 3 on an error. :mod:`~airflow_provider_walthrottle.cli` adds the command to both parsers,
-from :data:`PLAN_ARGUMENTS`.
+computed, 3 on an error. With ``--save NAME`` it is also saved under that migration name
+(:func:`~airflow_provider_walthrottle.migrations.plan_store.save_plan`), so that the migrations
+page shows it before the migration starts. :mod:`~airflow_provider_walthrottle.cli` adds the
+command to both parsers, from :data:`PLAN_ARGUMENTS`.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ PLAN_DESCRIPTION = (
     "Count the rows in scope, run batch_sql over a few sample ranges in a transaction that is rolled "
     "back (the sampled rows are locked briefly and WAL is written, but no row changes), watch the "
     "archiver's pace, and print the projected WAL, the archiver-, database- and schedule-bound "
-    "durations, the peak backlog and warnings. Exit 0 when the plan is computed, 3 on an error."
+    "durations, the peak backlog and warnings. With --save NAME, also save it under that migration "
+    "name for the migrations page. Exit 0 when the plan is computed (and saved), 3 on an error."
 )
 
 #: ``plan``'s arguments, as ``(flags, add_argument keywords)``, as
@@ -129,6 +132,14 @@ PLAN_ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         },
     ),
     (("--database",), {"help": "a database that overrides the connection's own"}),
+    (
+        ("--save",),
+        {
+            "metavar": "NAME",
+            "help": "save the plan in the database under this migration name, for the migrations page "
+            "(creates the state tables if missing; replaces a plan saved under it)",
+        },
+    ),
     (("--json",), {"action": "store_true", "help": "print JSON instead of text"}),
 )
 
@@ -152,10 +163,11 @@ def plan(args: argparse.Namespace) -> int:
         from airflow_provider_walthrottle.exceptions import WalThrottleError
         from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
         from airflow_provider_walthrottle.migrations.plan import MigrationPlanError, compute_plan
+        from airflow_provider_walthrottle.migrations.plan_store import save_plan
 
         try:
             definition = MigrationDefinition(
-                name=f"plan of {args.table}",
+                name=args.save or f"plan of {args.table}",
                 table=args.table,
                 column=args.column,
                 batch_sql=args.batch_sql,
@@ -176,6 +188,16 @@ def plan(args: argparse.Namespace) -> int:
                     target_batch_seconds=args.target_batch_seconds,
                     interval_seconds=args.interval,
                 )
+                if args.save:
+                    try:
+                        save_plan(conn, definition, result)
+                    except psycopg.Error as error:  # the state tables: no privilege to create or write them
+                        reason = " ".join(str(error).split())
+                        print(
+                            f"walthrottle: error: the plan was not saved as migration {args.save!r}: {reason}"
+                        )
+                        return EXIT_UNKNOWN
+                    print(f"walthrottle: plan saved as the plan of migration {args.save!r}")
         except (WalThrottleError, ValueError, MigrationPlanError) as error:
             print(f"walthrottle: error: {error}")
             return EXIT_UNKNOWN

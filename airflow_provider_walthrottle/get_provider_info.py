@@ -118,6 +118,28 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "30",
                         "default": "30",
                     },
+                    "first_run_plan": {
+                        "description": (
+                            "Whether the first run of a new batched migration plans it before its first "
+                            "batch: the plan is logged as one block, pushed as the XCom 'plan' and kept in "
+                            "the state tables. A plan that fails logs a warning and the batch goes on."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
+                    "plan_archiver_window_seconds": {
+                        "description": (
+                            "Seconds the plan of a migration's first run watches pg_stat_archiver for the "
+                            "archiver's pace (0 to 600); the first batch starts that much later, once. "
+                            "0: not measured."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "10",
+                        "default": "10",
+                    },
                 },
             }
         },

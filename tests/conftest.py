@@ -23,6 +23,9 @@ import pytest
 import tests.support.airflow_env  # noqa: F401  (first: sets AIRFLOW_HOME before Airflow is imported)
 from tests.support.postgres_cluster import PostgresCluster, make_base_dir, remove_base_dir, stop_all_clusters
 
+# a new migration's first run plans it; not 10 s of watching the archiver each (tests of it set their own)
+os.environ["AIRFLOW__WALTHROTTLE__PLAN_ARCHIVER_WINDOW_SECONDS"] = "0"
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 

@@ -168,12 +168,24 @@ class MigrationPlan:
     side_effects: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the plan as JSON-ready data."""
-        return dataclasses.asdict(self)
+        """Return the plan as JSON data: dicts, lists, strings, numbers and ``None``.
+
+        Its tuples are lists, so that an XCom or a ``jsonb`` column gives back what was put in.
+        """
+        return _json_ready(dataclasses.asdict(self))
 
     def render(self) -> str:
         """Return the plan as a short block a person reads."""
         return render_plan(self)
+
+
+def _json_ready(value: Any) -> Any:
+    """Return ``value`` with every tuple in it, however deep, a list."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    return value
 
 
 # ------------------------------------------------------------------------------------------- compute

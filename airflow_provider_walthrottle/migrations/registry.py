@@ -34,6 +34,9 @@ class MigrationRegistry:
         self.conn = conn
         self.table = table
         self.definition = table.definition
+        #: Whether the last :meth:`register` registered the migration, rather than finding it
+        #: registered: true in its first run alone, even when first runs race.
+        self.registered_now = False
 
     def ensure_state_tables(self) -> None:
         """Create the provider's schema and tables if they are missing; safe to run concurrently."""
@@ -108,6 +111,7 @@ class MigrationRegistry:
             or the table or its key column is not fit (or no longer fit) to walk.
         """
         definition = self.definition
+        self.registered_now = False
         try:
             key_type = self.inspect_key_column()
         except MigrationDefinitionError as error:
@@ -141,6 +145,7 @@ class MigrationRegistry:
                         "batch_size": batch_size,
                     },
                 )
+                self.registered_now = cursor.rowcount == 1  # 0: a concurrent first run registered it
         migration = self.load()
         self.table.key_type = migration.key_type
         if migration.fingerprint != definition.fingerprint:

@@ -40,6 +40,7 @@ LOCK_NAMESPACE = 0x57414C54
 
 MIGRATIONS = sql.Identifier(STATE_SCHEMA, "batched_migrations")
 JOBS = sql.Identifier(STATE_SCHEMA, "batched_migration_jobs")
+PLANS = sql.Identifier(STATE_SCHEMA, "batched_migration_plans")
 
 
 def one_of(
@@ -128,6 +129,16 @@ CREATE TABLE IF NOT EXISTS {jobs} (
     sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (migration_name, status)").format(
         sql.Identifier("batched_migration_jobs_migration_status_idx"), JOBS
     ),
+    # the plans of migrations, by name (0.2); no foreign key: a plan may be saved before its migration
+    sql.SQL(
+        """
+CREATE TABLE IF NOT EXISTS {} (
+    migration_name text PRIMARY KEY,
+    fingerprint text NOT NULL,
+    plan jsonb NOT NULL,
+    planned_at timestamptz NOT NULL DEFAULT now()
+)"""
+    ).format(PLANS),
 )
 
 #: The time accounts of a migration written before 0.2, as the upgrade seeds them: the activity its
@@ -184,6 +195,9 @@ TIME_ACCOUNTS_BEFORE_0_2 = sql.SQL(", ").join(
 #: - the numbers each job's last health check saw, by indicator (0.2): ``indicator_values``, a
 #:   ``jsonb`` column of the jobs, ``{"replication_lag": {"max_replay_lag_bytes": 1024, ...}, ...}``
 #:   (see :data:`~.job_queries.NOTE_JOB_READINGS`); ``NULL`` on the jobs before it.
+#:
+#: A table added later needs no step here: :data:`CREATE_STATE` creates each table ``IF NOT
+#: EXISTS`` every time it runs (at every task's start), so existing installs get it then.
 #:
 #: Run after the tables are created, in the same transaction (:data:`CREATE_STATE`). Needs
 #: ownership of the state tables.

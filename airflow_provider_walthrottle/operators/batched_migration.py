@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.hooks.batched_migration import BatchedMigrationHook
     from airflow_provider_walthrottle.indicators.base import HealthIndicator
     from airflow_provider_walthrottle.migrations.batch import NextStep
+    from airflow_provider_walthrottle.migrations.plan import MigrationPlan
     from airflow_provider_walthrottle.migrations.runner import HealthVerdict
 
 
@@ -64,7 +65,8 @@ class BatchedMigrationOperator(BaseOperator):
     flag. It pauses between sub-batches as a reading nears its threshold; when one says stop, it
     stops with its progress committed, waits (deferred by default), and goes on where it stopped.
     The batch size adapts to a wall-clock target and to the WAL headroom. A finished migration's
-    task ends as skipped. The batching core's
+    task ends as skipped. A new migration's first run plans it first (:meth:`plan`), in its log and
+    the XCom ``plan``. The batching core's
     :func:`~airflow_provider_walthrottle.migrations.batch.run_batch` does the work.
 
     .. seealso::
@@ -198,6 +200,14 @@ class BatchedMigrationOperator(BaseOperator):
         return BatchedMigrationHook(postgres_conn_id=self.postgres_conn_id, database=self.database)
 
     @property
+    def definition(self) -> MigrationDefinition:
+        """The migration, from the rendered fields.
+
+        :raises MigrationDefinitionError: for an invalid name, table, column, ``batch_sql`` or scope.
+        """
+        return MigrationDefinition(self.migration_name, self.table, self.column, self.batch_sql, self.scope)
+
+    @property
     def gate(self) -> HealthGate:
         """The health check, from the rendered fields; the actor is the migration's name."""
         try:
@@ -208,9 +218,7 @@ class BatchedMigrationOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Run one batch; wait, skip or fail as the migration's state says."""
         try:
-            definition = MigrationDefinition(
-                self.migration_name, self.table, self.column, self.batch_sql, self.scope
-            )
+            definition = self.definition
         except ValueError as error:
             raise AirflowFailException(str(error)) from None
         gate = self.gate
@@ -220,6 +228,7 @@ class BatchedMigrationOperator(BaseOperator):
                 f"the kill switch Variable {self.kill_switch_variable} reads as off "
                 f"(run migrations again with `airflow variables set {self.kill_switch_variable} true`)"
             )
+        from airflow_provider_walthrottle.migration_plan import plan_first_run
         from airflow_provider_walthrottle.migrations.batch import run_batch
         from airflow_provider_walthrottle.migrations.runner import JobFailedError, RunSettings, prepare
         from airflow_provider_walthrottle.migrations.state import MigrationStateError
@@ -236,8 +245,10 @@ class BatchedMigrationOperator(BaseOperator):
             read = functools.partial(self.hook.read_indicators, conn=conn)
             check = functools.partial(self._check, gate, read)
             try:
+                store = prepare(conn, definition, self.batch_size)
+                plan_first_run(self, store, context)  # once: in the run that registered it
                 step = run_batch(
-                    prepare(conn, definition, self.batch_size),
+                    store,
                     settings,
                     check,
                     dag_id=self.dag_id,
@@ -250,6 +261,18 @@ class BatchedMigrationOperator(BaseOperator):
             except (MigrationStateError, MigrationDefinitionError) as error:
                 raise AirflowFailException(str(error)) from None
         return self._follow(step)
+
+    def plan(self, *, save: bool = False, **overrides: Any) -> MigrationPlan:
+        """Plan this migration as it will run, on its connection, without changing a row.
+
+        As :func:`~airflow_provider_walthrottle.migration_plan.plan_task`; see :doc:`/howto/plan`.
+
+        :param save: also save the plan under the migration's name, for the migrations page.
+        :param overrides: ``compute_plan``'s keyword arguments, over the operator's.
+        """
+        from airflow_provider_walthrottle.migration_plan import plan_task
+
+        return plan_task(self, save=save, **overrides)
 
     def execute_complete(self, context: Context, event: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Go on after a deferred wait: fail on a trigger error, else run the next batch."""

@@ -5,7 +5,9 @@ silent shows its error on the page and does not hide the others. :class:`Connect
 them concurrently, in a few threads of its own (not the api-server's), each within a deadline, so a
 server that accepts and never answers costs the page one red line and the api-server nothing. What
 is read of the health indicators is in :mod:`~airflow_provider_walthrottle.plugins.readings`; the
-flags are in :mod:`~airflow_provider_walthrottle.plugins.flag_variables`.
+flags are in :mod:`~airflow_provider_walthrottle.plugins.flag_variables`. The plans saved for its
+migrations (:mod:`~airflow_provider_walthrottle.migrations.plan_store`) are read with them: a plan
+whose migration has not started shows as such; a running one's plan against what it did.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from airflow_provider_walthrottle.indicators.wal_archival import WalArchivalReading
+from airflow_provider_walthrottle.migrations.plan_actual import compare
+from airflow_provider_walthrottle.migrations.plan_store import read_plans
 from airflow_provider_walthrottle.plugins.readings import page_indicators, read_indicator_rows
 from airflow_provider_walthrottle.wal.health import DEFAULT_MAX_PENDING_SEGMENTS
 
@@ -25,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from airflow_provider_walthrottle.migrations.catalog import MigrationSummary
+    from airflow_provider_walthrottle.migrations.plan_store import PlanOfMigration
     from airflow_provider_walthrottle.plugins.flag_variables import FlagView
     from airflow_provider_walthrottle.plugins.readings import IndicatorRow
     from airflow_provider_walthrottle.wal.health import HealthSignal
@@ -57,6 +64,8 @@ class ConnectionOverview:
     :param indicators: every indicator read on it, in the order of
         :func:`~airflow_provider_walthrottle.gate.default_indicators` (autovacuum once per migrated
         table).
+    :param plans: the plans saved for its migrations: of those shown, and of those not started.
+    :param plans_error: why the saved plans could not be read, in one line (the migrations still show).
     """
 
     conn_id: str
@@ -65,6 +74,17 @@ class ConnectionOverview:
     error: str | None = None
     public_error: str | None = None
     indicators: tuple[IndicatorRow, ...] = ()
+    plans: tuple[PlanOfMigration, ...] = ()
+    plans_error: str | None = None
+
+    def plan_of(self, name: str) -> PlanOfMigration | None:
+        """Return the plan saved for the migration ``name``, if any."""
+        return next((plan for plan in self.plans if plan.name == name), None)
+
+    @property
+    def not_started(self) -> list[PlanOfMigration]:
+        """The plans of migrations that have not started, most recently planned first."""
+        return [plan for plan in self.plans if not plan.started]
 
     @property
     def stopped_by(self) -> list[str]:
@@ -103,6 +123,21 @@ class ConnectionOverview:
             "indicators": [row.to_dict(flags.get(row.flag_variable)) for row in self.indicators],
             "stopped_by": self.stopped_by,
             "migrations": [migration.to_dict() for migration in self.migrations],
+            "plans": [self._plan_to_dict(plan) for plan in self.plans],
+            "plans_error": self.plans_error,
+        }
+
+    def _plan_to_dict(self, plan: PlanOfMigration) -> dict[str, Any]:
+        migration = next((m for m in self.migrations if m.name == plan.name), None)
+        state = "not started" if not plan.started else "stale" if plan.stale else "current"
+        against = compare(plan, migration) if migration is not None and state == "current" else None
+        return {
+            "migration": plan.name,
+            "state": state,
+            "planned_at": plan.stored.planned_at.isoformat(),
+            "fingerprint": plan.stored.fingerprint,
+            "plan": plan.stored.plan,
+            "against_actual": against.to_dict() if against is not None else None,
         }
 
 
@@ -133,7 +168,7 @@ def read_connection(conn_id: str, threshold: int, **filters: Any) -> ConnectionO
     """Read one connection's migrations and health indicators; never raise for a connection's own problem.
 
     Both are read on one read-only connection, the migrations first (autovacuum is read on their
-    tables).
+    tables), with the plans saved for them (:func:`read_connection_plans`).
 
     :param conn_id: the Airflow connection.
     :param threshold: the threshold to compare the backlog with.
@@ -146,13 +181,52 @@ def read_connection(conn_id: str, threshold: int, **filters: Any) -> ConnectionO
     try:
         with hook.connect(read_only=True) as conn:
             migrations = hook._read_migrations(conn, filters)
+            plans, plans_error = read_connection_plans(conn, migrations, **filters)
             rows = read_indicator_rows(hook, conn, page_indicators(threshold), migrations)
     except WalThrottleError as error:
         return ConnectionOverview(
             conn_id=conn_id, health=None, error=str(error), public_error=error.public_message
         )
     health = next((row.reading.health for row in rows if isinstance(row.reading, WalArchivalReading)), None)
-    return ConnectionOverview(conn_id=conn_id, health=health, migrations=tuple(migrations), indicators=rows)
+    return ConnectionOverview(
+        conn_id=conn_id,
+        health=health,
+        migrations=tuple(migrations),
+        indicators=rows,
+        plans=plans,
+        plans_error=plans_error,
+    )
+
+
+def read_connection_plans(
+    conn: psycopg.Connection[Any], migrations: list[MigrationSummary], **filters: Any
+) -> tuple[tuple[PlanOfMigration, ...], str | None]:
+    """Read the plans the page shows with ``migrations``; never raise for the database's own problem.
+
+    The plans of the migrations shown, and of migrations not started yet; under a ``dag_id``, only
+    those of the migrations shown (a plan not started belongs to no DAG yet). A role that may read
+    the migrations but not the plans (the table came later than a ``GRANT`` on the others) costs
+    the page its plans, with one line that says why, and not the migrations.
+
+    :param conn: the page's read-only connection.
+    :param migrations: the migrations the page shows.
+    :param filters: the page's filters, as :func:`read_connection` takes them.
+    """
+    try:
+        plans = read_plans(conn, name=filters.get("name"))
+    except psycopg.Error as error:
+        log.warning("Reading the saved plans for the migrations page failed: %s", error)
+        reason = error.diag.message_primary or type(error).__name__
+        fix = (
+            "; grant the connection's role SELECT on walthrottle.batched_migration_plans"
+            if isinstance(error, psycopg.errors.InsufficientPrivilege)
+            else ""
+        )
+        return (), f"The saved plans could not be read: {reason}{fix}"
+    if filters.get("dag_id"):
+        shown = {migration.name for migration in migrations}
+        plans = [plan for plan in plans if plan.name in shown]
+    return tuple(plans), None
 
 
 @dataclasses.dataclass

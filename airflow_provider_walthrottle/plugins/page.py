@@ -12,7 +12,9 @@ Each connection has a row per health indicator (:class:`~.readings.IndicatorRow`
 what it would do to a migration and whether its flag enforces that (:func:`enforcement`,
 :func:`indicator_effect`). Each migration's chart draws, per finished job, every measurement that
 has a stop threshold (:data:`CHART_SERIES`) as a share of it, so that the signals share one axis
-and one stop line.
+and one stop line. A migration's saved plan shows with it (``templates/plan.html``): the whole plan
+while it has not started, its plan against what it did once it runs
+(:mod:`~airflow_provider_walthrottle.migrations.plan_actual`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from markupsafe import Markup
 
 from airflow_provider_walthrottle.durations import format_duration
 from airflow_provider_walthrottle.indicators.base import format_bytes, fraction_of
+from airflow_provider_walthrottle.migrations.plan_actual import PlannedFigures, compare
 from airflow_provider_walthrottle.plugins.readings import MEASURED_AGAINST
 from airflow_provider_walthrottle.plugins.timefmt import TimeDisplay
 from airflow_provider_walthrottle.wal.health import Signal
@@ -106,6 +109,18 @@ def _rate(keys_per_second: float | None, unit: bool = True) -> str:
     else:
         number = f"{keys_per_second:.{1 if keys_per_second >= 1 else 2}f}"
     return f"{number} keys/s" if unit else number
+
+
+def _bytes(count: float | None) -> str:
+    return "-" if count is None else format_bytes(count)
+
+
+def _deviation(share: float | None) -> str:
+    """``+12%``, ``-8%``, ``0%``: how far a measured figure is from its plan; ``-`` when unknown."""
+    if share is None:
+        return "-"
+    percent = round(share * 100)
+    return f"{percent:+d}%" if percent else "0%"
 
 
 def _share(part: float, whole: float) -> float:
@@ -287,6 +302,8 @@ def _environment() -> jinja2.Environment:
         thousands=_thousands,
         path_segment=_path_segment,
         measure=measure,
+        bytes=_bytes,
+        deviation=_deviation,
     )
     return environment
 
@@ -343,6 +360,8 @@ def page_context(
         "enforcement": enforcement,
         "indicator_effect": indicator_effect,
         "chart_series": chart_series,
+        "compare": compare,
+        "planned_figures": PlannedFigures.of,
         "highlighted": highlighted,
         "filters": filters or {},
         "times": times or TimeDisplay.configured(),

@@ -241,6 +241,8 @@ class AirflowStandalone:
                 "print_stats_interval": "600",
             },
             "triggerer": {"capacity": "50"},
+            # a new migration's first run plans it: not 10 s of watching the archiver each (as conftest.py)
+            "walthrottle": {"plan_archiver_window_seconds": "0"},
         }
         for section, options in self.extra_config.items():
             settings.setdefault(section, {}).update(options)
