@@ -328,10 +328,11 @@ def table_warnings(conn: psycopg.Connection[Any], table: MigrationTable) -> list
             assert explained is not None
             plan = next(iter(explained.values()))[0]["Plan"]
             if not _serves_scope(plan, partial):
+                scope = definition.scope.replace("%%", "%")  # as the server reads it, and the plan's header
                 warnings.append(
-                    f"no index serves the scope {definition.scope!r}: each range walks the key's index and "
+                    f"no index serves the scope {scope!r}: each range walks the key's index and "
                     f"reads every row to test it, and counting the scope reads all of {where}; an index "
-                    f"on its columns, or a partial index WHERE {definition.scope}, helps"
+                    f"on its columns, or a partial index WHERE {scope}, helps"
                 )
         cursor.execute(plan_queries.TRIGGERS, names)
         for row in cursor.fetchall():
