@@ -240,7 +240,7 @@ def compute_plan(
     """
     whole_number("sample_ranges", sample_ranges, minimum=1, unit="ranges")
     whole_number("sample_keys", sample_keys, minimum=1, unit="keys")
-    whole_number("max_pending_segments", max_pending_segments, minimum=1, unit="segments")
+    whole_number("max_pending_segments", max_pending_segments, minimum=0, unit="segments")
     whole_number("first_batch_size", first_batch_size, minimum=1, unit="rows")
     if archiver_segments_per_second is not None and not (
         math.isfinite(archiver_segments_per_second) and archiver_segments_per_second > 0

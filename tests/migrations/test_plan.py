@@ -285,3 +285,15 @@ def test_the_peak_backlog_starts_from_the_backlog_now(wal_rate, pending_now, exp
     )
 
     assert peak == expected, note
+
+
+def test_a_threshold_of_zero_plans_as_the_operator_runs_it(migration_db):
+    # the operator takes 0 (stop while any segment waits): its plan must too, not refuse it
+    make_table(migration_db, "plan_zero", 3000)
+    try:
+        result = plan(migration_db, increment_migration("plan_zero", "plan_zero"), max_pending_segments=0)
+    finally:
+        migration_db.execute("DROP TABLE plan_zero")
+
+    assert result.max_pending_segments == 0
+    assert "threshold 0" in result.render()
