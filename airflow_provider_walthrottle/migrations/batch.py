@@ -253,14 +253,17 @@ def throttle_reason(result: BatchResult) -> str:
     """Return the signal a throttled batch is put down to in the time accounts.
 
     A stop is put down to the indicators that said stop (``wal_archival``, ``replication_lag``...,
-    joined with ``+``); a wait for room below a WAL bound (headroom) to the WAL archival backlog,
-    or to ``replication`` when the replication headroom bound the batch.
+    joined with ``+``); a wait for room below a WAL bound (headroom, or the WAL budget other
+    batches share) to the WAL archival backlog, or to ``replication`` when the replication
+    headroom bound the batch.
 
     :param result: a batch whose outcome is ``throttled``.
     """
     decision, health = result.decision, result.health
     if result.stopped_by:
         return "+".join(result.stopped_by)
+    if result.shortfall is not None:
+        return DEFAULT_THROTTLE_REASON
     if decision is not None and decision.must_wait:
         return "replication" if decision.limited_by == "replication" else DEFAULT_THROTTLE_REASON
     if health is not None and health.signal is Signal.NORMAL:
@@ -279,6 +282,9 @@ def _account_failure(store: MigrationStore) -> None:
 def _wait(result: BatchResult, threshold: int) -> WaitForBacklog | WaitFixedTime:
     """Say how long a throttled batch waits: for the threshold, or for room for the smallest batch."""
     decision, health = result.decision, result.health
+    if result.shortfall is not None:  # the statement fits once the backlog leaves room beside the others
+        at_most = result.shortfall.backlog_to_wait_for(threshold)
+        return WaitForBacklog(at_most, f"throttled: {result.shortfall.describe()}", result, headroom=True)
     if decision is None or not decision.must_wait:
         if result.stopped_by and "wal_archival" not in result.stopped_by:
             reason = f"stopped by {', '.join(result.stopped_by)} (see the check's line above)"
@@ -294,6 +300,7 @@ def _wait(result: BatchResult, threshold: int) -> WaitForBacklog | WaitFixedTime
         decision.estimate.wal_bytes_per_row if decision.estimate else None,
         max_pending_segments=threshold,
         wal_segment_size=health.status.wal_segment_size,
+        reserved_bytes=decision.reserved_bytes or 0,
     )
     return WaitForBacklog(at_most, reason, result, headroom=True)
 

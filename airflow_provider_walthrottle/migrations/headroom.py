@@ -55,31 +55,56 @@ def segments_for_rows(rows: int, wal_segment_size: int, wal_bytes_per_row: float
     return math.ceil(Fraction(rows) * Fraction(wal_bytes_per_row) / wal_segment_size)
 
 
+def wal_for_rows(rows: int, wal_bytes_per_row: float | None) -> int | None:
+    """Return the WAL bytes ``rows`` rows are expected to write, rounded up; ``None`` if unknown.
+
+    >>> wal_for_rows(1000, 52.5)
+    52500
+
+    :param rows: the rows of a batch or a statement.
+    :param wal_bytes_per_row: WAL bytes per row; ``None`` (not measured yet) or 0 gives ``None``.
+    """
+    if wal_bytes_per_row is None or wal_bytes_per_row <= 0:
+        return None
+    return math.ceil(Fraction(max(rows, 0)) * Fraction(wal_bytes_per_row))
+
+
 def backlog_for_min_batch(
     min_batch_size: int,
     wal_bytes_per_row: float | None,
     *,
     max_pending_segments: int,
     wal_segment_size: int,
+    reserved_bytes: int = 0,
 ) -> int:
     """Return the backlog at or below which the smallest batch fits under the threshold.
 
     A migration whose WAL headroom is too small for ``min_batch_size`` waits for this backlog
     rather than for the threshold itself. Before any batch measured its WAL, the smallest batch is
-    taken to need one whole segment of room.
+    taken to need one whole segment of room. The WAL other batches reserved on the database (see
+    :mod:`~airflow_provider_walthrottle.migrations.wal_budget`) needs room beside it.
 
     >>> backlog_for_min_batch(1024, 81920.0, max_pending_segments=42, wal_segment_size=16 * 1024 * 1024)
     37
+    >>> backlog_for_min_batch(
+    ...     1024, 81920.0, max_pending_segments=42, wal_segment_size=16 * 1024 * 1024,
+    ...     reserved_bytes=20 * 1024 * 1024,
+    ... )
+    35
 
     :param min_batch_size: the smallest batch the optimizer plans (``BatchSizePolicy.min_batch_size``).
     :param wal_bytes_per_row: WAL bytes per row so far; ``None`` before any was measured.
     :param max_pending_segments: the threshold.
     :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
+    :param reserved_bytes: WAL other batches on the database have reserved and not written yet.
     :return: a backlog from 0 to ``max_pending_segments - 1``; 0 when the smallest batch needs more
         room than the threshold gives.
     """
-    needed = segments_for_rows(min_batch_size, wal_segment_size, wal_bytes_per_row)
-    return max(max_pending_segments - (needed or 1), 0)
+    if wal_segment_size <= 0:
+        return max(max_pending_segments - 1, 0)
+    batch_bytes = wal_for_rows(min_batch_size, wal_bytes_per_row) or wal_segment_size
+    needed = math.ceil(Fraction(batch_bytes + max(reserved_bytes, 0), wal_segment_size))
+    return max(max_pending_segments - max(needed, 1), 0)
 
 
 def backlog_bound(pending_segments: int, wal_bytes_since: int, wal_segment_size: int) -> int:

@@ -12,7 +12,10 @@ bound:
    ``(max_pending_segments - pending_segments) * wal_segment_size`` bytes, which is that many bytes
    divided by the (EWMA of the) WAL bytes per row. The same holds under the replication headroom
    (``replication_headroom_bytes``: the WAL that replication slots may still retain, and standbys
-   may still fall behind by, before they stop migrations).
+   may still fall behind by, before they stop migrations). When batches run at once on the database,
+   they share that headroom: a batch is sized to the WAL room left under the threshold after the
+   other batches' reservations (``wal_room_bytes``; see
+   :mod:`~airflow_provider_walthrottle.migrations.wal_budget`).
 3. **Smoothing.** Grow by at most :attr:`BatchSizePolicy.max_growth` times the current size per
    step; shrink at once.
 4. **Clamp** to ``[min_batch_size, max_batch_size]``. The WAL bound alone may go below
@@ -140,6 +143,8 @@ class BatchSizeDecision:
         set no bound.
     :param beyond_bound: whether the WAL or replication bound could not take ``min_batch_size`` even
         wholly free, so the smallest batch runs to measure again instead of waiting for ever.
+    :param reserved_bytes: WAL that other batches on the database had reserved and not written yet,
+        which the WAL bound left to them; ``None`` when the headroom was not shared.
     """
 
     size: int
@@ -153,6 +158,7 @@ class BatchSizeDecision:
     policy: BatchSizePolicy | None = None
     replication_headroom_bytes: int | None = None
     beyond_bound: bool = False
+    reserved_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.limited_by not in LIMITS:
@@ -196,6 +202,11 @@ class BatchSizeDecision:
                     f"{self.headroom_segments} segments of headroom, the backlog is at or past the threshold"
                 )
             reason = f"{self.headroom_segments} segments of headroom allow {self.by_wal} rows"
+            if self.reserved_bytes:
+                reason = (
+                    f"{self.headroom_segments} segments of headroom, less {self.reserved_bytes} WAL bytes"
+                    f" other batches reserved, allow {self.by_wal} rows"
+                )
             if per_row is not None:
                 reason += f" at {_number(per_row)} WAL bytes/row"
             if self.must_wait and policy is not None:
@@ -252,6 +263,8 @@ def next_batch_size(
     wal_segment_size: int,
     replication_headroom_bytes: int | None = None,
     replication_capacity_bytes: int | None = None,
+    wal_room_bytes: int | None = None,
+    reserved_bytes: int | None = None,
 ) -> BatchSizeDecision:
     """Decide how many rows the next batch should process.
 
@@ -275,8 +288,14 @@ def next_batch_size(
         ``None`` for no bound. A batch is sized under it as under the archival headroom.
     :param replication_capacity_bytes: that bound when nothing is retained or behind (the
         indicator's own threshold); ``None`` if unknown.
-
     :param wal_segment_size: the server's ``wal_segment_size`` in bytes.
+    :param wal_room_bytes: the WAL this batch may write under the threshold when the headroom is
+        shared (:attr:`BudgetRoom.free_bytes
+        <airflow_provider_walthrottle.migrations.wal_budget.BudgetRoom.free_bytes>`: the room of the
+        count, less what was written since and what other batches reserved); it bounds the batch
+        besides ``(max_pending_segments - pending_segments) * wal_segment_size``. ``None`` when the
+        headroom is not shared.
+    :param reserved_bytes: what the other batches reserved, for the decision's description.
     :raises ValueError: if ``current_size`` is negative, or if the backlog is given with a negative
         count, threshold or segment size.
     """
@@ -305,7 +324,10 @@ def next_batch_size(
             wal_segment_size, pending_segments=pending_segments, max_pending_segments=max_pending_segments
         )
         headroom_segments = max_pending_segments - pending_segments
-        by_wal = wal_row_bound(headroom_segments, wal_segment_size, estimate.wal_bytes_per_row)
+        headroom_bytes = headroom_segments * wal_segment_size
+        if wal_room_bytes is not None:  # shared: what the other batches reserved is not this batch's
+            headroom_bytes = min(headroom_bytes, wal_room_bytes)
+        by_wal = wal_row_bound(1, headroom_bytes, estimate.wal_bytes_per_row)
         if by_wal is not None and by_wal < size:
             size, limited_by = by_wal, "wal"
     if replication_headroom_bytes is not None:
@@ -338,4 +360,5 @@ def next_batch_size(
         estimate=estimate,
         policy=policy,
         replication_headroom_bytes=replication_headroom_bytes,
+        reserved_bytes=reserved_bytes if wal_room_bytes is not None else None,
     )

@@ -12,29 +12,20 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from airflow_provider_walthrottle.migrations.definition import (
-    MigrationDefinitionError,
-    whole_number,
-)
+from airflow_provider_walthrottle.migrations.definition import MigrationDefinitionError
 from airflow_provider_walthrottle.migrations.jobs import SPLITTABLE_ERRORS
 from airflow_provider_walthrottle.migrations.optimizer import (
     BatchObservation,
     BatchSizeDecision,
-    BatchSizePolicy,
     ThroughputEstimate,
-    next_batch_size,
 )
-from airflow_provider_walthrottle.migrations.pacing import (
-    DEFAULT_MAX_PAUSE_SECONDS,
-    DEFAULT_TARGET_STATEMENT_SECONDS,
-    StatementSizer,
-    signal_pause,
-)
+from airflow_provider_walthrottle.migrations.pacing import StatementSizer, signal_pause
+from airflow_provider_walthrottle.migrations.run_settings import RunSettings  # noqa: TC001 - importable here
 from airflow_provider_walthrottle.migrations.state import (
     Job,
     JobStatus,
@@ -46,6 +37,7 @@ from airflow_provider_walthrottle.migrations.state import (
 )
 from airflow_provider_walthrottle.migrations.store import MigrationStore
 from airflow_provider_walthrottle.migrations.verdict import HealthVerdict  # noqa: TC001 - its home until 0.2
+from airflow_provider_walthrottle.migrations.wal_budget import BatchBudget, BudgetShortfall
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,55 +63,6 @@ class Outcome(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class RunSettings:
-    """How batches run.
-
-    :param sub_batch_size: keys per ``batch_sql`` statement; ``None`` (the default) sizes each
-        statement to last ``target_statement_seconds``
-        (:class:`~airflow_provider_walthrottle.migrations.pacing.StatementSizer`).
-    :param pause_ms: milliseconds to sleep between sub-batches; ``None`` (the default) pauses as the
-        health signals ask: not at all while every reading is at most half its threshold
-        (:func:`~airflow_provider_walthrottle.migrations.pacing.signal_pause`).
-    :param max_attempts: attempts of a job before the migration fails, as in GitLab (3). Only an
-        error raised by the batch's own SQL ends an attempt: a job whose worker or connection was
-        lost is taken over where it stopped, on the same attempt.
-    :param split_after_attempts: after this many timed-out attempts, a job's range is split in two.
-    :param statement_timeout_ms: ``statement_timeout`` for each sub-batch; ``None`` or 0 for none.
-    :param max_pending_segments: the WAL threshold, for the batch-size optimizer.
-    :param policy: bounds and time target of the batch size.
-    :param recheck_seconds: between sub-batches, the backlog check is skipped while the last count
-        plus the WAL written since cannot exceed the threshold (see
-        :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), but for no longer
-        than this (see
-        :meth:`~airflow_provider_walthrottle.migrations.verdict.HealthVerdict.recheck_due`); 0 checks
-        between every two sub-batches. The check before a batch always runs.
-    :param target_statement_seconds: the duration a statement aims at without ``sub_batch_size``.
-    :param max_pause_seconds: the longest pause the signals ask for without ``pause_ms``.
-    """
-
-    sub_batch_size: int | None = None
-    pause_ms: int | None = None
-    max_attempts: int = 3
-    split_after_attempts: int = 2
-    statement_timeout_ms: int | None = None
-    max_pending_segments: int = 42
-    policy: BatchSizePolicy = field(default_factory=BatchSizePolicy)
-    recheck_seconds: float = 1.0
-    target_statement_seconds: float = DEFAULT_TARGET_STATEMENT_SECONDS
-    max_pause_seconds: float = DEFAULT_MAX_PAUSE_SECONDS
-
-    def __post_init__(self) -> None:
-        if self.sub_batch_size is not None:
-            whole_number("sub_batch_size", self.sub_batch_size, minimum=1, unit="rows")
-        if self.pause_ms is not None:
-            whole_number("pause_ms", self.pause_ms, minimum=0, unit="milliseconds")
-        whole_number("max_attempts", self.max_attempts, minimum=1, unit="attempts")
-        whole_number("split_after_attempts", self.split_after_attempts, minimum=1, unit="attempts")
-        if self.statement_timeout_ms is not None:
-            whole_number("statement_timeout_ms", self.statement_timeout_ms, minimum=0, unit="milliseconds")
-
-
-@dataclass(frozen=True)
 class BatchResult:
     """What one call did, and where the migration stands.
 
@@ -134,6 +77,7 @@ class BatchResult:
     :param health: the last health signal seen.
     :param rows_per_second: the migration's moving average after this call.
     :param stopped_by: the indicators that stopped a throttled call (``wal_archival``...).
+    :param shortfall: why the shared WAL budget stopped a throttled call, if it did.
     """
 
     outcome: Outcome
@@ -147,6 +91,7 @@ class BatchResult:
     health: HealthSignal | None = None
     rows_per_second: float | None = None
     stopped_by: tuple[str, ...] = ()
+    shortfall: BudgetShortfall | None = None
 
 
 class JobFailedError(RuntimeError):
@@ -218,17 +163,8 @@ def run_one_batch(
         )
 
     estimate = ThroughputEstimate(migration.rows_per_second, migration.wal_bytes_per_row)
-    status = verdict.health.status if verdict.health is not None else None
-    decision = next_batch_size(
-        migration.batch_size,
-        estimate,
-        settings.policy,
-        pending_segments=status.pending_segments if status is not None else None,
-        max_pending_segments=settings.max_pending_segments,
-        wal_segment_size=status.wal_segment_size if status is not None else 16 * 1024 * 1024,
-        replication_headroom_bytes=verdict.replication_headroom_bytes,
-        replication_capacity_bytes=verdict.replication_capacity_bytes,
-    )
+    budget = BatchBudget.open(store, verdict, settings.max_pending_segments, shared=settings.share_wal_budget)
+    decision = budget.size(migration.batch_size, estimate, settings.policy)
     if decision.must_wait:
         log(decision.describe())
         return BatchResult(
@@ -254,6 +190,7 @@ def run_one_batch(
     sizer = StatementSizer.for_settings(settings.sub_batch_size, settings.target_statement_seconds)
 
     def ended(outcome: Outcome, **more: Any) -> BatchResult:
+        budget.release()
         return BatchResult(
             outcome,
             store.accounts.progress(),
@@ -266,9 +203,11 @@ def run_one_batch(
             **more,
         )
 
+    budget.hold(job, decision)  # its projected WAL is reserved before its first statement
     while True:
         try:
-            result = _sub_batch(store, job, settings, sizer.keys)
+            covered = budget.covers(sizer.keys)  # reserves the statement's WAL, if it must ask for it
+            result = _sub_batch(store, job, settings, sizer.keys) if covered else None
         except JobFailedError:
             raise  # the job was released as the error said
         except RangeEscapedError as error:
@@ -283,6 +222,9 @@ def run_one_batch(
             # not the statement's fault (an interrupt, a lost connection): leave the job to a retry
             _release_quietly(store, job, JobStatus.PAUSED)
             raise
+        if result is None:  # the shared WAL budget has no room for the statement, even after a count
+            store.jobs.release(job, status=JobStatus.PAUSED)
+            return ended(Outcome.THROTTLED, shortfall=budget.shortfall)
         rows += result.rows_affected
         keys += result.keys
         seconds += result.seconds
@@ -296,6 +238,7 @@ def run_one_batch(
         if result.job_finished:
             break
         wal_since_check += result.wal_bytes
+        budget.wrote(result.wal_bytes, result.keys)
         sizer = sizer.after(result.keys, result.seconds)
         try:
             pause = (
@@ -308,12 +251,16 @@ def run_one_batch(
             if pause:
                 sleep(pause)
             seconds_since_check = time.monotonic() - checked_at
-            if verdict.recheck_due(
-                wal_since_check, seconds_since_check, recheck_seconds=settings.recheck_seconds
+            if not budget.covers(sizer.keys) or verdict.recheck_due(  # a grant short of room: count again
+                wal_since_check,
+                seconds_since_check,
+                recheck_seconds=settings.recheck_seconds,
+                reserved_bytes=budget.reserved_elsewhere,
             ):
                 verdict = check_health()
                 checked_at = time.monotonic()
                 wal_since_check = 0  # bytes, since the last count
+                budget.counted(verdict)
         except BaseException:
             # the check failed, not the job: it resumes where it stopped, with no attempt used
             _release_quietly(store, job, JobStatus.PAUSED)

@@ -34,13 +34,14 @@ from airflow_provider_walthrottle.migrations.state import (
 #: The schema that holds the provider's state tables in the target database.
 STATE_SCHEMA = "walthrottle"
 
-#: First key of every advisory lock the provider takes ('WALT'); the second key is a job id, or 0
-#: for the creation of the state tables.
+#: First key of every advisory lock the provider takes ('WALT'); the second key is a job id, 0 for
+#: the creation of the state tables, or -1 for a grant of the shared WAL budget.
 LOCK_NAMESPACE = 0x57414C54
 
 MIGRATIONS = sql.Identifier(STATE_SCHEMA, "batched_migrations")
 JOBS = sql.Identifier(STATE_SCHEMA, "batched_migration_jobs")
 PLANS = sql.Identifier(STATE_SCHEMA, "batched_migration_plans")
+WAL_RESERVATIONS = sql.Identifier(STATE_SCHEMA, "wal_reservations")
 
 
 def one_of(
@@ -139,6 +140,19 @@ CREATE TABLE IF NOT EXISTS {} (
     planned_at timestamptz NOT NULL DEFAULT now()
 )"""
     ).format(PLANS),
+    # the WAL each running batch may still write (0.2; see wal_budget): unlogged, so that keeping
+    # the budget writes no WAL of its own; a crash ends every holder, and empties it
+    sql.SQL(
+        """
+CREATE UNLOGGED TABLE IF NOT EXISTS {} (
+    job_id bigint PRIMARY KEY,
+    migration_name text NOT NULL,
+    backend_pid integer NOT NULL,
+    bytes bigint NOT NULL CHECK (bytes >= 0),
+    reserved_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+)"""
+    ).format(WAL_RESERVATIONS),
 )
 
 #: The time accounts of a migration written before 0.2, as the upgrade seeds them: the activity its

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from airflow_provider_walthrottle.migrations.headroom import backlog_bound
+from airflow_provider_walthrottle.wal.segments import parse_wal_file_name
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -83,21 +84,61 @@ class HealthVerdict:
         wal_load = bound / threshold if threshold > 0 else float(bound > 0)
         return max(wal_load, load or 0.0)
 
-    def recheck_due(self, wal_bytes_since: int, seconds_since: float, *, recheck_seconds: float) -> bool:
+    def wal_ceiling(self, max_pending_segments: int | None = None) -> int | None:
+        """The WAL position the server may reach before this count could pass the threshold.
+
+        The count read the segment being written (``current_wal_file``) before it listed the
+        ``.ready`` files, so a segment completed in between is counted twice, never missed. Each
+        segment completed since adds one ``.ready`` file, so the backlog stays at or below
+        ``max_pending_segments`` while the WAL insert position stays below
+        ``(current segment + max_pending_segments - pending_segments + 1) * wal_segment_size``:
+        the exact room of the count, the rest of the segment being written included. The shared
+        WAL budget (:mod:`~airflow_provider_walthrottle.migrations.wal_budget`) hands out the WAL
+        between the insert position and this ceiling.
+
+        :param max_pending_segments: the threshold; the one the count was compared with if ``None``.
+        :return: a byte position (as :func:`~airflow_provider_walthrottle.wal.segments.parse_lsn`
+            reads one); ``None`` when the backlog or the segment being written was not read (the
+            flag off, a standby, the count unknown).
+        """
+        health = self.health
+        if health is None:
+            return None
+        status = health.status
+        if status.pending_segments is None or status.current_wal_file is None or status.wal_segment_size <= 0:
+            return None
+        segment = parse_wal_file_name(status.current_wal_file).segment_number(status.wal_segment_size)
+        if segment is None:
+            return None
+        threshold = health.max_pending_segments if max_pending_segments is None else max_pending_segments
+        return (segment + threshold - status.pending_segments + 1) * status.wal_segment_size
+
+    def recheck_due(
+        self,
+        wal_bytes_since: int,
+        seconds_since: float,
+        *,
+        recheck_seconds: float,
+        reserved_bytes: int = 0,
+    ) -> bool:
         """Whether to check the backlog again before the next sub-batch, rather than trust this count.
 
         This count is trusted only when it was a number under which the migration went on, it is
         younger than ``recheck_seconds``, and the WAL written since cannot have completed enough
         segments to pass the threshold it was compared with (see
         :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), nor more than the
-        replication headroom (slots, standbys' lag). That WAL is what
-        the server wrote during this migration's statements (other sessions' included); what others
-        write between two sub-batches is not seen, which the re-check every ``recheck_seconds``
-        bounds.
+        replication headroom (slots, standbys' lag). That WAL is what the server wrote during this
+        migration's statements (a difference of WAL positions: other sessions' included); what
+        other sessions write between two of its statements is not in it. Other batches on the
+        database write only WAL they reserved in the shared budget
+        (:mod:`~airflow_provider_walthrottle.migrations.wal_budget`), so their reservations
+        (``reserved_bytes``) are counted in as if written; what the rest of the server writes
+        between two sub-batches is bounded by the re-check every ``recheck_seconds``.
 
         :param wal_bytes_since: WAL bytes the migration's statements saw written since this count.
         :param seconds_since: seconds since this count.
         :param recheck_seconds: the longest a count is trusted; 0 trusts none.
+        :param reserved_bytes: WAL the other batches on the database have reserved and not written.
         """
         health = self.health
         if not self.proceed or health is None or seconds_since >= recheck_seconds:
@@ -107,5 +148,6 @@ class HealthVerdict:
         status = health.status
         if status.pending_segments is None or status.wal_segment_size <= 0:
             return True
-        bound = backlog_bound(status.pending_segments, wal_bytes_since, status.wal_segment_size)
+        written = wal_bytes_since + max(reserved_bytes, 0)
+        bound = backlog_bound(status.pending_segments, written, status.wal_segment_size)
         return bound > health.max_pending_segments

@@ -295,6 +295,7 @@ def test_the_migrations_own_wal_throttles_it_between_sub_batches_and_it_resumes(
         pause_ms=0,
         max_pending_segments=2,
         policy=BatchSizePolicy(min_batch_size=100, max_batch_size=30000),
+        share_wal_budget=False,  # the gate's stop; the shared budget stops it sooner (test_wal_budget)
     )
     cluster.archive_one_segment()
     cluster.make_backlog(1)  # gate closed, one segment waiting: below the threshold of 2
