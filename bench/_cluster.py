@@ -113,6 +113,76 @@ def copy_items_table(cluster: PostgresCluster, source: str, name: str) -> None:
     cluster.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
 
 
+def make_docs_table(
+    cluster: PostgresCluster, name: str, rows: int, *, body_bytes: tuple[int, int] = (2048, 6144)
+) -> None:
+    """Create a wide table with a TOASTed column, ids 1 to ``rows``.
+
+    ``name (id bigint PRIMARY KEY, created_at timestamptz, author text, title text, status int,
+    body text, migrated bool)``. Each ``body`` is hex digits of md5s, between ``body_bytes[0]`` and
+    ``body_bytes[1]`` long, the length varying from row to row independently of ``id``: pglz cannot
+    shrink hex digits by a quarter, so every body is stored uncompressed, out of line, in the TOAST
+    table (in chunks of about 2 kB).
+
+    :param cluster: the cluster.
+    :param name: the table's name.
+    :param rows: how many rows.
+    :param body_bytes: the shortest and the longest body, in bytes (multiples of 32).
+    """
+    table = sql.Identifier(name)
+    shortest, longest = (max(1, size // 32) for size in body_bytes)
+    cluster.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    cluster.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, author text NOT NULL,"
+            " title text NOT NULL, status int NOT NULL, body text NOT NULL, migrated bool)"
+        ).format(table)
+    )
+    cluster.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT i, timestamptz '2020-01-01' + i * interval '1 minute',"
+            " 'author ' || i %% 997, 'title ' || md5(i::text), i %% 7,"
+            " (SELECT string_agg(md5(i::text || '/' || j::text), '') FROM generate_series(1,"
+            "  %(shortest)s + abs(hashint8(i)) %% (%(longest)s - %(shortest)s + 1)) AS j), NULL"
+            " FROM generate_series(1, %(rows)s) AS i"
+        ).format(table),
+        {"shortest": shortest, "longest": longest, "rows": rows},
+    )
+    cluster.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
+
+
+def make_scores_table(cluster: PostgresCluster, name: str, rows: int) -> None:
+    """Create ``name (id bigint PRIMARY KEY, score int, payload text)`` with two indexes on ``score``.
+
+    ``score`` is a hash of ``id`` (so its order is not the key's), indexed by ``(score)`` and by
+    ``(score, id)``: an update of ``score`` can never be HOT, and each one inserts an entry into
+    both indexes at a place of its own, besides the key's index.
+
+    :param cluster: the cluster.
+    :param name: the table's name.
+    :param rows: how many rows, ids 1 to ``rows``.
+    """
+    table = sql.Identifier(name)
+    cluster.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    cluster.execute(
+        sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, score int NOT NULL, payload text NOT NULL)").format(
+            table
+        )
+    )
+    cluster.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT i, abs(hashint8(i)) %% 1000000000, md5(i::text)"
+            " FROM generate_series(1, %s) AS i"
+        ).format(table),
+        [rows],
+    )
+    cluster.execute(sql.SQL("CREATE INDEX {} ON {} (score)").format(sql.Identifier(f"{name}_score"), table))
+    cluster.execute(
+        sql.SQL("CREATE INDEX {} ON {} (score, id)").format(sql.Identifier(f"{name}_score_id"), table)
+    )
+    cluster.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
+
+
 def update_sql(table: str) -> str:
     """Return the benchmark migration's ``batch_sql`` for ``table``, as text.
 

@@ -5,8 +5,8 @@ would run it alone (``.venv/bin/python bench/<name>.py``), and hands its results
 page records the machine, the command and how long the whole run took. Nothing here is a test:
 the numbers are reported, never asserted.
 
-    ./dev bench            # the full run, about 9 minutes on 2 cores; rewrites docs/performance.md
-    ./dev bench --quick    # a smoke run, about 2 minutes; writes into a temporary directory
+    ./dev bench            # the full run, about 16 minutes on 2 cores; rewrites docs/performance.md
+    ./dev bench --quick    # a smoke run, about 5 minutes; writes into a temporary directory
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _plan_report
 import check_cost
 import migration_throughput
 import overhead
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "check_cost": ("check_cost.py", [], ["--repeat", "20"]),
     "parse_cost": ("parse_cost.py", [], ["--repeat", "2"]),
     "throughput": ("migration_throughput.py", [], ["--rows", "100000"]),
+    "plan_accuracy": ("plan_accuracy.py", [], ["--quick"]),
 }
 
 
@@ -141,6 +143,8 @@ def render(results: dict[str, Any], images: Path, page: Path) -> str:
     lines += check_cost_section(checks)
     lines += parse_cost_section(parse)
     lines += throughput_section(results["throughput"])
+    if "plan_accuracy" in results:  # results kept before it existed render without it
+        lines += _plan_report.section(results["plan_accuracy"])
     return "\n".join(lines) + "\n"
 
 
