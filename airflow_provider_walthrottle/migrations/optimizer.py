@@ -15,7 +15,12 @@ bound:
    may still fall behind by, before they stop migrations). When batches run at once on the database,
    they share that headroom: a batch is sized to the WAL room left under the threshold after the
    other batches' reservations (``wal_room_bytes``; see
-   :mod:`~airflow_provider_walthrottle.migrations.wal_budget`).
+   :mod:`~airflow_provider_walthrottle.migrations.wal_budget`). With that budget, and an archiver
+   that keeps up (at most :data:`ARCHIVER_KEEPING_UP_SEGMENTS` pending at the count), the headroom
+   does not bound the batch's size: the archiver drains the batch as it is written, and the budget,
+   asked again under fresh counts, bounds what the batch writes ahead of it. Otherwise a fast
+   archiver would cut every batch to the threshold's WAL (672 MiB at 42 segments of 16 MiB, a few
+   seconds of writing) and the gaps between batches would weigh on the whole migration.
 3. **Smoothing.** Grow by at most :attr:`BatchSizePolicy.max_growth` times the current size per
    step; shrink at once.
 4. **Clamp** to ``[min_batch_size, max_batch_size]``. The WAL bound alone may go below
@@ -50,6 +55,8 @@ from airflow_provider_walthrottle.migrations.throughput import (
 )
 
 __all__ = [
+    "ARCHIVER_KEEPING_UP_SEGMENTS",
+    "BATCH_GROWTH",
     "DEFAULT_ALPHA",
     "LARGEST_BATCH",
     "LIMITS",
@@ -66,6 +73,19 @@ __all__ = [
 
 #: The largest batch the state tables hold (a PostgreSQL ``integer`` of keys).
 LARGEST_BATCH = 2**31 - 1
+
+#: How much a batch may grow over the last one, by default: sixteen times, so that a migration
+#: reaches its time target within a few batches (from 1,000 keys to four million in three), each of
+#: which pays the scheduler's gap between two runs. A batch's size no longer sets how long rows stay
+#: locked (its statements are sized by time) nor how far the backlog can grow (the shared WAL budget
+#: and the checks between statements bound that), only how long its task holds a worker slot; and
+#: the time target still caps it at the measured rate times ``target_batch_seconds``.
+BATCH_GROWTH = 16.0
+
+#: A count of at most this many segments pending says the archiver keeps up with the WAL written
+#: (the one segment it may be archiving): then, with the headroom shared through the budget, the
+#: WAL headroom does not bound the batch's size, only what it writes ahead of the archiver.
+ARCHIVER_KEEPING_UP_SEGMENTS = 1
 
 #: The values of :attr:`BatchSizeDecision.limited_by`; a decision refuses any other.
 LIMITS = ("time", "wal", "replication", "growth", "min", "max", "initial")
@@ -328,7 +348,10 @@ def next_batch_size(
         if wal_room_bytes is not None:  # shared: what the other batches reserved is not this batch's
             headroom_bytes = min(headroom_bytes, wal_room_bytes)
         by_wal = wal_row_bound(1, headroom_bytes, estimate.wal_bytes_per_row)
-        if by_wal is not None and by_wal < size:
+        # an archiver that keeps up drains a batch as it is written: the shared budget, asked again
+        # under fresh counts as the batch writes, bounds what it writes ahead of the archiver
+        keeping_up = wal_room_bytes is not None and pending_segments <= ARCHIVER_KEEPING_UP_SEGMENTS
+        if by_wal is not None and by_wal < size and not keeping_up:
             size, limited_by = by_wal, "wal"
     if replication_headroom_bytes is not None:
         by_replication = wal_row_bound(1, max(replication_headroom_bytes, 0), estimate.wal_bytes_per_row)

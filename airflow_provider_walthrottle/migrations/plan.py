@@ -43,7 +43,7 @@ from psycopg.rows import dict_row
 
 from airflow_provider_walthrottle.migrations import plan_queries
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinitionError, whole_number
-from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
+from airflow_provider_walthrottle.migrations.optimizer import BATCH_GROWTH, BatchSizePolicy
 from airflow_provider_walthrottle.migrations.plan_estimates import (
     advice,
     batch_sizes,
@@ -82,7 +82,7 @@ DEFAULT_ARCHIVER_WINDOW_SECONDS = 10.0
 #: The operator's defaults the schedule-bound duration is planned with: its first batch, the
 #: optimizer's growth per batch, its time target per batch, its smallest batch.
 DEFAULT_FIRST_BATCH = 1000
-DEFAULT_MAX_GROWTH = 4.0
+DEFAULT_MAX_GROWTH = BATCH_GROWTH
 DEFAULT_TARGET_BATCH_SECONDS = 30.0
 DEFAULT_MIN_BATCH_SIZE = 100
 #: The wall-clock gap between two batches scheduled back to back, measured under a real scheduler

@@ -23,17 +23,13 @@ from airflow_provider_walthrottle.migrations.definition import (
     MigrationDefinitionError,
     validate_operator_arguments,
 )
-from airflow_provider_walthrottle.migrations.optimizer import BatchSizePolicy
+from airflow_provider_walthrottle.migrations.optimizer import BATCH_GROWTH, BatchSizePolicy
 from airflow_provider_walthrottle.wal.health import (
     DEFAULT_MAX_PENDING_SEGMENTS,
     HealthUnavailableError,
     OnUnavailable,
     parse_max_pending_segments,
 )
-
-#: How much a batch may grow over the last one: four times, so a migration reaches its time target
-#: within a few batches (from 1,000 keys to a million in five), not one doubling per run.
-BATCH_GROWTH = 4.0
 
 # psycopg, the hook and the batching core are imported where a task runs: they cost about 300 ms to
 # import, which every parse of a DAG file would pay.

@@ -537,3 +537,33 @@ def test_a_bound_that_could_never_take_the_smallest_batch_does_not_make_it_wait_
             replication_capacity_bytes=8 * MIB,
         )
         assert (half.must_wait, half.beyond_bound) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("pending", "shared", "limited_by"),
+    [
+        (0, True, "time"),  # the archiver keeps up, the budget bounds the writing: time sizes the batch
+        (1, True, "time"),  # the one segment it is archiving
+        (2, True, "wal"),  # falling behind: the headroom bounds the batch again
+        (0, False, "wal"),  # not shared (share_wal_budget=False): nothing else bounds the writing
+    ],
+)
+def test_an_archiver_that_keeps_up_does_not_cut_a_shared_batch_to_the_headroom(pending, shared, limited_by):
+    # 100,000 rows/s for 30 s is 3,000,000 rows of 1,000 WAL bytes: 2.9 GB, far past 42 x 16 MiB
+    estimate = ThroughputEstimate(rows_per_second=100_000.0, wal_bytes_per_row=1000.0)
+    policy = BatchSizePolicy(min_batch_size=100, max_batch_size=None, max_growth=1000)
+    headroom = (42 - pending) * SEGMENT
+    decision = next_batch_size(
+        1_000_000,
+        estimate,
+        policy,
+        pending_segments=pending,
+        max_pending_segments=42,
+        wal_segment_size=SEGMENT,
+        wal_room_bytes=headroom if shared else None,
+        reserved_bytes=0 if shared else None,
+    )
+
+    assert decision.limited_by == limited_by
+    assert decision.by_wal == headroom // 1000
+    assert decision.size == (3_000_000 if limited_by == "time" else headroom // 1000)
