@@ -211,7 +211,7 @@ def batches(target: PostgresCluster, *, start_wall: float) -> dict[str, Any]:
 def job_timeline(target: PostgresCluster) -> list[dict[str, Any]]:
     """Return every job of the migration: its keys, status, and when it ran from the first job's start."""
     rows = target.execute(
-        "SELECT id, status, planned_rows, keys_done, "
+        "SELECT id, status, planned_rows, keys_done, sub_batches, wal_bytes, "
         "extract(epoch FROM started_at - min(started_at) OVER ()), "
         "extract(epoch FROM finished_at - started_at) "
         "FROM walthrottle.batched_migration_jobs WHERE migration_name = %s ORDER BY id",
@@ -223,10 +223,12 @@ def job_timeline(target: PostgresCluster) -> list[dict[str, Any]]:
             "status": status,
             "planned_keys": int(planned),
             "keys_done": int(done),
+            "sub_batches": int(sub_batches),
+            "wal_bytes": int(wal_bytes),
             "started_after": None if start is None else round(float(start), 2),
             "seconds": None if seconds is None else round(float(seconds), 2),
         }
-        for job, status, planned, done, start, seconds in rows
+        for job, status, planned, done, sub_batches, wal_bytes, start, seconds in rows
     ]
 
 
@@ -365,8 +367,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the arguments, run the case, print its figures as JSON (and write them with ``--out``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command line's parser (``bench/scheduler_suite.py`` builds its cases with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=120.0, help="the measured window (default 120)")
     parser.add_argument("--rows", type=int, default=20_000_000, help="rows in the table (default 20,000,000)")
@@ -384,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, help="the helper's concurrency and max_active_runs")
     parser.add_argument("--core", action="store_true", help="also run the core in-process, for the ratio")
     parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the case, print its figures as JSON (and write them with ``--out``)."""
+    args = build_parser().parse_args(argv)
     results = run(args)
     print(json.dumps(results, indent=2, default=str))
     write_json(args.out, results)
