@@ -22,11 +22,10 @@ from airflow_provider_walthrottle.migrations.plan_store import load_plan
 from airflow_provider_walthrottle.migrations.runner import prepare
 from tests.support.dag_testing import run_dag, task_states
 from tests.support.migration_tables import (
-    INCREMENT,
-    SCOPE,
     counter_histogram,
     in_scope_keys,
     increment_migration,
+    increment_operator_kwargs,
     make_table,
 )
 
@@ -41,19 +40,7 @@ EVENT_START = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z \[(?P<level>\w+)\s*\] (?P<t
 
 def migration_dag(table: str, *, schedule=None, **operator_kwargs):
     """Return a DAG of one batch task migrating ``table`` (a third of its rows in scope), and the task."""
-    kwargs = dict(
-        postgres_conn_id="migration_db",
-        migration_name=table,
-        table=table,
-        column="id",
-        batch_sql=INCREMENT.format(table=table, scope=SCOPE),
-        scope=SCOPE,
-        batch_size=2000,
-        sub_batch_size=500,
-        pause_ms=0,
-        wait_interval=0.5,
-    )
-    kwargs.update(operator_kwargs)
+    kwargs = increment_operator_kwargs(table, **operator_kwargs)
     with DAG(f"plan_{uuid.uuid4().hex[:8]}", schedule=schedule, start_date=START, max_active_runs=1) as dag:
         task = BatchedMigrationOperator(task_id="batch", **kwargs)
     return dag, task

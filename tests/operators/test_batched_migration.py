@@ -18,6 +18,7 @@ from tests.support.migration_tables import (
     SCOPE,
     counter_histogram,
     increment_migration,
+    increment_operator_kwargs,
     make_table,
 )
 
@@ -28,19 +29,7 @@ START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
 def migration_dag(table, **operator_kwargs):
     failures: list[BaseException] = []
-    kwargs = dict(
-        postgres_conn_id="migration_db",
-        migration_name=table,
-        table=table,
-        column="id",
-        batch_sql=INCREMENT.format(table=table, scope=SCOPE),
-        scope=SCOPE,
-        batch_size=2000,
-        sub_batch_size=500,
-        pause_ms=0,
-        wait_interval=0.5,
-    )
-    kwargs.update(operator_kwargs)
+    kwargs = increment_operator_kwargs(table, **operator_kwargs)
     with DAG(f"migration_{uuid.uuid4().hex[:8]}", schedule=None, start_date=START) as dag:
         BatchedMigrationOperator(
             task_id="batch",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import sql
 
 from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
@@ -47,6 +49,27 @@ def increment_migration(name: str, table: str) -> MigrationDefinition:
         batch_sql=INCREMENT.format(table=table, scope=SCOPE),
         scope=SCOPE,
     )
+
+
+def increment_operator_kwargs(table: str, **overrides: Any) -> dict[str, Any]:
+    """Return ``BatchedMigrationOperator`` arguments for the increment migration of ``table``.
+
+    Small fixed batches (2,000 keys, statements of 500, no pause) and a short wait, so that a test's
+    migration takes a few batches and a few seconds; ``overrides`` replace or add arguments.
+    """
+    return {
+        "postgres_conn_id": "migration_db",
+        "migration_name": table,
+        "table": table,
+        "column": "id",
+        "batch_sql": INCREMENT.format(table=table, scope=SCOPE),
+        "scope": SCOPE,
+        "batch_size": 2000,
+        "sub_batch_size": 500,
+        "pause_ms": 0,
+        "wait_interval": 0.5,
+        **overrides,
+    }
 
 
 def poisoned_migration(name: str, table: str, poison: int) -> MigrationDefinition:
