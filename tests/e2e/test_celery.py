@@ -206,14 +206,6 @@ def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def describe_runs(airflow: CeleryAirflow) -> dict[str, Any]:
-    """Return every run's state and task states, for a failure message."""
-    return {
-        run["dag_run_id"]: (run["state"], airflow.task_states(DAG_ID, run["dag_run_id"]))
-        for run in airflow.dag_runs(DAG_ID)
-    }
-
-
 def executor_ids(metadata: PostgresCluster) -> dict[str, str]:
     """Return ``{run_id: external_executor_id}`` of the batch task (its Celery task id), from the metadata."""
     with metadata.connect(dbname="airflow") as conn:
@@ -242,24 +234,12 @@ def test_concurrent_batches_on_two_celery_workers(
     print(f"[e2e] Airflow, broker and {WORKERS} workers up: {time.monotonic() - started:.0f} s", flush=True)
 
     # a backfill of nine logical dates, four runs at a time: nine batches, at most three at once
-    airflow.airflow(
-        "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_FROM,
-        "--to-date", BACKFILL_TO, "--max-active-runs", str(MAX_ACTIVE_RUNS),
-    )  # fmt: skip
-    backfill_ids = [run["dag_run_id"] for run in airflow.dag_runs(DAG_ID, run_type="backfill")]
-    assert len(backfill_ids) == BATCHES, backfill_ids
-    most_running = 0
-
-    def finished() -> list[dict[str, Any]] | None:
-        nonlocal most_running
-        runs = airflow.dag_runs(DAG_ID, run_type="backfill")
-        most_running = max(most_running, sum(run["state"] == "running" for run in runs))
-        return runs if all(run["state"] in ("success", "failed") for run in runs) else None
-
-    runs = airflow.wait_until(
-        finished, timeout=300, interval=1, what="the backfill's runs", describe=lambda: describe_runs(airflow)
+    runs, most_running = airflow.backfill(
+        DAG_ID, from_date=BACKFILL_FROM, to_date=BACKFILL_TO, max_active_runs=MAX_ACTIVE_RUNS, timeout=300
     )
-    assert {run["state"] for run in runs} == {"success"}, describe_runs(airflow)
+    backfill_ids = [run["dag_run_id"] for run in runs]
+    assert len(backfill_ids) == BATCHES, backfill_ids
+    assert {run["state"] for run in runs} == {"success"}, airflow.describe_runs(DAG_ID)
     # four runs at once: the fourth one's batch waited for one of the three before it
     assert most_running == MAX_ACTIVE_RUNS
     print(f"[e2e] backfill done: {time.monotonic() - started:.0f} s", flush=True)

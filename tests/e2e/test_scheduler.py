@@ -237,16 +237,8 @@ def wait_for_deferred_sensor(airflow: AirflowStandalone, run_id: str) -> dict[st
         timeout=90,
         interval=1,
         what=f"the sensor of {run_id} to defer",
-        describe=lambda: describe_runs(airflow),
+        describe=lambda: airflow.describe_runs(DAG_ID),
     )
-
-
-def describe_runs(airflow: AirflowStandalone) -> dict[str, Any]:
-    """Return every run's state and task states, for a failure message."""
-    return {
-        run["dag_run_id"]: (run["state"], airflow.task_states(DAG_ID, run["dag_run_id"]))
-        for run in airflow.dag_runs(DAG_ID)
-    }
 
 
 def checks_logged(airflow: AirflowStandalone, run_id: str) -> int:
@@ -350,27 +342,11 @@ def test_throttled_migration_on_a_real_scheduler(
     timer.step("3. drained: the waiting run went on and applied one batch")
 
     # 4. a backfill over six logical dates, four runs at a time: five batches, then nothing left
-    airflow.airflow(
-        "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_FROM,
-        "--to-date", BACKFILL_TO, "--max-active-runs", "4",
-    )  # fmt: skip
-    backfill_ids = [run["dag_run_id"] for run in airflow.dag_runs(DAG_ID, run_type="backfill")]
-    assert len(backfill_ids) == BACKFILL_DATES, backfill_ids
-    most_running = 0
-
-    def finished() -> list[dict[str, Any]] | None:
-        nonlocal most_running
-        runs = airflow.dag_runs(DAG_ID, run_type="backfill")
-        most_running = max(most_running, sum(run["state"] == "running" for run in runs))
-        return runs if all(run["state"] in ("success", "failed") for run in runs) else None
-
-    runs = airflow.wait_until(
-        finished,
-        timeout=240,
-        interval=2,
-        what="the backfill's runs to finish",
-        describe=lambda: describe_runs(airflow),
+    runs, most_running = airflow.backfill(
+        DAG_ID, from_date=BACKFILL_FROM, to_date=BACKFILL_TO, max_active_runs=4, timeout=240
     )
+    backfill_ids = [run["dag_run_id"] for run in runs]
+    assert len(backfill_ids) == BACKFILL_DATES, backfill_ids
     assert {run["state"] for run in runs} == {"success"}, runs
     assert most_running <= 4
     batch_tis = [ti for ti in airflow.task_instances(DAG_ID) if ti["dag_run_id"] in backfill_ids]

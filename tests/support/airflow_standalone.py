@@ -644,6 +644,41 @@ class AirflowStandalone:
         """Return ``{task_id: state}`` of one run."""
         return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
 
+    def describe_runs(self, dag_id: str) -> dict[str, Any]:
+        """Return every run's state and task states, for a failure message."""
+        return {
+            run["dag_run_id"]: (run["state"], self.task_states(dag_id, run["dag_run_id"]))
+            for run in self.dag_runs(dag_id)
+        }
+
+    def backfill(
+        self, dag_id: str, *, from_date: str, to_date: str, max_active_runs: int, timeout: float
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Backfill ``dag_id`` (``airflow backfill create``) and wait until its runs have ended.
+
+        :return: the backfill's runs, and the most of them seen running at once.
+        """
+        self.airflow(
+            "backfill", "create", "--dag-id", dag_id, "--from-date", from_date,
+            "--to-date", to_date, "--max-active-runs", str(max_active_runs),
+        )  # fmt: skip
+        most_running = 0
+
+        def ended() -> list[dict[str, Any]] | None:
+            nonlocal most_running
+            runs = self.dag_runs(dag_id, run_type="backfill")
+            most_running = max(most_running, sum(run["state"] == "running" for run in runs))
+            return runs if runs and all(run["state"] in ("success", "failed") for run in runs) else None
+
+        runs = self.wait_until(
+            ended,
+            timeout=timeout,
+            interval=1,
+            what=f"the backfill of {dag_id} to end",
+            describe=lambda: self.describe_runs(dag_id),
+        )
+        return runs, most_running
+
     def wait_for_runs(
         self, dag_id: str, run_ids: Iterable[str], *, timeout: float, interval: float = 2.0
     ) -> dict[str, dict[str, Any]]:
