@@ -286,31 +286,33 @@ def overhead_section(over: dict[str, Any], seconds: float) -> list[str]:
         "",
         overhead.table(over),
         "",
-        "Where the operator's time goes, from a cProfile of one more run with the check on (shares of "
-        "the profiled wall time; the parts are not exclusive of each other's callees, and the rest is "
-        "the loop itself and the optimizer):",
+        "The *progress loop* is the plain loop with what exactly once needs and nothing else: each "
+        "statement and an update of a progress row with its row count, committed together. It is the "
+        "floor of any loop that cannot repeat or skip a range after a crash.",
+        "",
+        "Where the operator's time goes, timed by part of the loop in one more run with the check on "
+        "(time per statement, and its share):",
         "",
         overhead.breakdown_table(over),
         "",
-        "Per sub-batch the operator adds to the statement, in the same transaction: locking its job "
-        "row, the range query on the key's index (`table_queries.next_range`: the first key and the "
-        "`sub_batch_size`-th one by `OFFSET`, and the WAL position), and the progress update, which "
-        "reads the WAL the statement wrote. That is the price of exactly once: the statement's effect "
-        "and its progress commit together, so a killed worker or a retry can neither repeat nor skip a "
-        "range. The executor sends the transaction in psycopg's pipeline mode in three round trips "
-        "(`BEGIN`, the row lock and the range query; the statement; the progress update and "
-        "`COMMIT`), against the plain loop's one: the range must be checked before the statement is "
-        "sent, and the statement's row count is needed before its progress is, so three is the floor "
-        "while both stay in one transaction. It weighs less as statements grow. Planning a "
-        "job runs the same range query over the whole batch. With the flag on, the runner checks the "
-        "backlog before each batch, and between sub-batches only when the last count plus the WAL "
-        "written since could have passed the threshold, or the count is older than "
-        "`RunSettings.recheck_seconds` (1 s): a check reads the flag Variable through Airflow's "
-        "secrets backends and runs the archiver status "
-        "queries in a transaction of their own. Batches here "
+        "The server's time per statement, from `pg_stat_statements`:",
+        "",
+        overhead.server_table(over),
+        "",
+        "Per sub-batch the operator sends one transaction in two round trips of psycopg's pipeline "
+        "mode: `BEGIN`, the job row's lock, a probe for the first key after where the job resumes (with "
+        "the WAL position) and the statement; then the progress update and `COMMIT` (or `ROLLBACK`, "
+        "should the range have gone out of date: a key arrived in front of it, or the job moved on, and "
+        "it runs again over a fresh plan). The statement's row count is needed before its progress "
+        "is, so two round trips is the floor while both stay in one transaction. Ranges are planned "
+        "ahead, many per query (`table_queries.range_plan`), and with a fixed `sub_batch_size` by the "
+        "claim's walk of the job's keys itself, so each key is walked once. What is left over the "
+        "progress loop is walking the key's index to find each range's end (the plain loops compute "
+        "their ranges arithmetically), the lock and the probe, and the per-task work: `prepare()`, "
+        "which runs the state tables' DDL (`IF NOT EXISTS`), the health check before the batch, and "
+        "the runner's bookkeeping. Batches here "
         f"are small (they start at {over['batch_size']:,} keys on a table of {over['rows']:,}), so the "
-        "per-task costs "
-        "(claiming, `prepare()`) weigh more than in a migration whose batches last the 30 s target.",
+        "per-task costs weigh more than in a migration whose batches last the 30 s target.",
         "",
     ]
 
@@ -388,10 +390,11 @@ def throughput_section(throughput: dict[str, Any]) -> list[str]:
         "",
         migration_throughput.table(throughput),
         "",
-        "Each sub-batch is one transaction: the job's row lock, the range query on the key's index "
-        "(which also reads the WAL position), the statement, and the progress update (which reads the "
-        "WAL position again). At 100 keys per sub-batch that fixed cost dominates; "
-        "at 1,000 it is amortized.",
+        "Each sub-batch is one transaction in two round trips: the job's row lock, the first key after "
+        "where it resumes (with the WAL position) and the statement; then the progress update and "
+        "`COMMIT`. Ranges are planned ahead, many at once (by the claim's walk of the job's keys when "
+        "the statement size is fixed). At 100 keys per sub-batch that fixed cost dominates; at 1,000 "
+        "it is amortized.",
         "",
     ]
 

@@ -1,16 +1,19 @@
 """Run the DAG author's ``batch_sql`` over the next keys of a job, one sub-batch per transaction.
 
 A sub-batch and its progress commit together: a crash at any instant loses at most one
-uncommitted sub-batch and never applies one twice. Before the statement runs, the range it will
-cover is checked to lie inside the job's bounds, so a scope that escapes its ``AND (...)`` fails
-the migration before anything of that range is applied.
+uncommitted sub-batch and never applies one twice. The ranges of a job's sub-batches are planned
+ahead, many in one query, and each is checked again in its sub-batch's own transaction; a range
+is checked to lie inside the job's bounds before anything of it runs, so a scope that escapes its
+``AND (...)`` fails the migration before anything of that range is applied.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import datetime
-from typing import TYPE_CHECKING, Any
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
@@ -18,22 +21,75 @@ from airflow_provider_walthrottle.migrations import job_queries, table_queries
 from airflow_provider_walthrottle.migrations.state import MigrationStateError, MigrationStatus, SubBatchResult
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from psycopg import sql
+
     from airflow_provider_walthrottle.migrations.state import Job
     from airflow_provider_walthrottle.migrations.table import MigrationTable
+
+#: The most ranges one planning query plans ahead for a job.
+MAX_PLANNED_RANGES = 64
+#: The most keys one planning query walks: a plan of large statements is a plan of few.
+MAX_PLANNED_KEYS = 100_000
+
+
+class PlannedRange(NamedTuple):
+    """A sub-batch's range as planned: its first and last key (as text), its keys, whether in bounds."""
+
+    first: str | None
+    last: str | None
+    keys: int
+    in_range: bool
+
+
+@dataclass
+class _Plan:
+    """The ranges planned ahead for a job, each of ``keys`` keys, the first right after ``after``."""
+
+    job_id: int
+    keys: int
+    after: str | None
+    ranges: collections.deque[PlannedRange]
+
+
+class _Stale(NamedTuple):
+    """A sub-batch rolled back because its planned range was out of date: where the job resumes."""
+
+    resume_key: str | None
 
 
 class SubBatchExecutor:
     """
     Run the sub-batches of the jobs this session holds.
 
-    A sub-batch is one transaction in three round trips, in psycopg's pipeline mode: ``BEGIN``
-    with the job's row lock and the range query; the DAG author's statement (between ``SET LOCAL
-    statement_timeout`` and its reset, when a timeout is set); the progress update with ``COMMIT``.
-    The range is checked before the statement is sent, and the statement's row count is known
-    before the progress is. The range query cannot wait for the row lock's answer, so it starts
-    where this executor's last sub-batch of the job ended (or where the claimed job resumes); when
-    the locked row says the job resumes elsewhere, the range is planned again from there, before
-    anything runs.
+    A sub-batch is one transaction in two round trips, in psycopg's pipeline mode (and now and then
+    a third before it, which plans the next ranges):
+
+    1. ``BEGIN``; the job's row lock, which reads where the job resumes; the first key after it
+       and the WAL insert position; the DAG author's statement over the planned range (between
+       ``SET LOCAL statement_timeout`` and its reset, when a timeout is set).
+    2. The progress update, which reads the WAL the statement wrote, and ``COMMIT``; or
+       ``ROLLBACK``, when the range turned out to be out of date.
+
+    The statement's row count is known before the progress is sent, so the progress that commits
+    with the statement is exact. The result's ``seconds``, which the statement sizer learns from,
+    time the statement's round trip: the statement, and the lock and the probe sent before it (well
+    under a millisecond).
+
+    The ranges are planned ahead, per job. A new job's come from its claim, whose walk of the job's
+    keys plans them too when the statements' size is fixed (:meth:`adopt`). Otherwise one query
+    (:func:`~.table_queries.range_plan`, outside the sub-batch's transaction) plans the next ranges
+    at the size asked, as many as were used up last time at that size, doubled (up to
+    :data:`MAX_PLANNED_RANGES` and :data:`MAX_PLANNED_KEYS`), or one after a change of size.
+
+    A range is checked before its statement is sent: inside the job's bounds, or the migration
+    fails with nothing of it run. It is checked again in the sub-batch's transaction, after the
+    job's row lock: the job must still be ``running``, resume where this executor left it, and
+    the first key after that must still be the range's first key. If a key arrived in front of the
+    range, or another session moved the job on, the transaction is rolled back, statement and all,
+    and the sub-batch runs again over a range planned afresh: nothing is applied twice, and no key
+    in front of a range is skipped.
 
     :param conn: a connection in autocommit mode; each sub-batch is a transaction of its own.
     :param table: the migration's table, registered (its key type known).
@@ -44,8 +100,24 @@ class SubBatchExecutor:
         self.table = table
         #: Where each job resumes after the last sub-batch this executor committed on it.
         self._resume_keys: dict[int, str | None] = {}
-        #: The range queries, from a job's start (``True``) or after a key, composed once.
-        self._range_queries: dict[bool, bytes] = {}
+        #: The ranges planned ahead for the job worked on.
+        self._ahead: _Plan | None = None
+        #: The size of the last plan, and the ranges the next plan at that size asks for: twice as
+        #: many as the last one (a new job at the same size goes on from there), one at a new size.
+        self._planned_keys = 0
+        self._next_count = 1
+        #: The queries, composed once: composing one costs as much as a round trip.
+        self._queries: dict[str, bytes] = {}
+
+    def adopt(self, job_id: int, keys: int, ranges: list[tuple[Any, ...]]) -> None:
+        """Take the ranges of a new job's sub-batches, planned by the walk of its claim.
+
+        :param job_id: the job, claimed by this session and not started.
+        :param keys: the keys of each range (the last may have fewer).
+        :param ranges: from its start, as :func:`~.table_queries.range_plan` returns them.
+        """
+        self._ahead = _Plan(job_id, keys, None, collections.deque(PlannedRange(*row) for row in ranges))
+        self._planned_keys, self._next_count = keys, MAX_PLANNED_RANGES
 
     def run(self, job: Job, sub_batch_size: int, statement_timeout_ms: int | None) -> SubBatchResult:
         """Run ``batch_sql`` over the next keys of the job, and record it, in one transaction.
@@ -56,152 +128,239 @@ class SubBatchExecutor:
         :raises MigrationStateError: if the job is no longer ``running`` (the migration failed, or
             a peer stopped it), or a range escaped its bounds
             (:class:`~airflow_provider_walthrottle.migrations.state.RangeEscapedError`).
+        :raises MigrationDefinitionError: if the table or its key column is gone.
         :raises psycopg.Error: the statement's own error; the transaction is rolled back.
         """
-        conn = self.conn
-        with conn.cursor() as cursor, conn.cursor() as ranged, conn.pipeline() as pipeline:
+        resume_key = self._resume_keys.get(job.id, job.resume_key)
+        while True:
+            planned = self._next_range(job, resume_key, sub_batch_size)
             try:
-                result = self._transaction(
-                    pipeline, cursor, ranged, job, sub_batch_size, statement_timeout_ms
-                )
+                done = self._transaction(job, resume_key, planned, statement_timeout_ms)
             except BaseException:
-                self._roll_back(pipeline)
+                self._ahead = None
+                self._roll_back()
                 raise
-        if result.job_finished:
+            if isinstance(done, SubBatchResult):
+                break
+            # rolled back, nothing applied: plan again from where the job resumes
+            self._ahead = None
+            resume_key = done.resume_key
+        if done.job_finished:
             self._resume_keys.pop(job.id, None)
+            self._ahead = None
         else:
-            self._resume_keys[job.id] = result.last_key
-        return result
+            self._resume_keys[job.id] = done.last_key
+            if self._ahead is not None:
+                self._ahead.after = done.last_key
+                self._ahead.ranges.popleft()
+        return done
 
-    def _transaction(
-        self,
-        pipeline: psycopg.Pipeline,
-        cursor: psycopg.Cursor[Any],
-        ranged: psycopg.Cursor[Any],
-        job: Job,
-        sub_batch_size: int,
-        statement_timeout_ms: int | None,
-    ) -> SubBatchResult:
-        """Run one sub-batch's transaction in the pipeline, up to its ``COMMIT``."""
-        expected = self._resume_keys.get(job.id, job.resume_key)
-        # round trip 1: BEGIN, the job's row lock, the range after where the job should resume
-        cursor.execute(job_queries.BEGIN)
-        cursor.execute(job_queries.RUNNING_JOB_RESUME_KEY, [job.id])
-        with self.table.reading():
-            self._plan(ranged, job, expected, sub_batch_size)
-            resume = cursor.fetchone()
-            if resume is None:
-                raise MigrationStateError(self._why_not_running(cursor, job))
-            resume_key = resume[0]
-            if resume_key != expected:  # another session moved the job on: plan from there
-                self._plan(ranged, job, resume_key, sub_batch_size)
-            planned = ranged.fetchone()
-        assert planned is not None
-        first_key, last_key, keys, in_range, wal_before = planned
-        if not in_range:  # before batch_sql is sent: nothing is applied twice
+    # ------------------------------------------------------------------------------------- planning
+
+    def _next_range(self, job: Job, resume_key: str | None, keys: int) -> PlannedRange:
+        """Return the range planned after ``resume_key`` at ``keys`` keys, planning ahead if none is.
+
+        :raises RangeEscapedError: if it lies outside the job's bounds; nothing of it ran.
+        """
+        plan = self._ahead
+        if (
+            plan is None
+            or (plan.job_id, plan.keys, plan.after) != (job.id, keys, resume_key)
+            or not plan.ranges
+        ):
+            count = self._next_count if keys == self._planned_keys else 1
+            count = max(1, min(count, MAX_PLANNED_RANGES, MAX_PLANNED_KEYS // keys))
+            plan = self._ahead = _Plan(job.id, keys, resume_key, self._plan(job, resume_key, keys, count))
+            self._planned_keys, self._next_count = keys, count * 2
+        planned = plan.ranges[0]
+        if not planned.in_range:  # before batch_sql is sent: nothing is applied twice
+            self._ahead = None
             bounds = f"after {resume_key}" if resume_key is not None else f"from {job.start_key}"
             raise self.table.escaped(
-                f"{job.describe()}: its next sub-batch found keys {first_key}..{last_key}, "
+                f"{job.describe()}: its next sub-batch found keys {planned.first}..{planned.last}, "
                 f"not all {bounds} up to {job.end_key}"
             )
-        # round trip 2: the DAG author's statement
-        started = datetime.datetime.now(datetime.timezone.utc)
-        rows_affected = 0
-        if keys:
-            rows_affected = self._statement(pipeline, cursor, first_key, last_key, statement_timeout_ms)
-        seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
-        finished = keys == 0 or last_key == job.end_key
-        # round trip 3: the progress, which reads the WAL the statement wrote before it writes, and
-        # COMMIT; commit() sends both and waits
-        cursor.execute(
-            job_queries.RECORD_SUB_BATCH,
-            {
-                "last": last_key,
-                "rows": rows_affected,
-                "keys": keys,
-                "one": 1 if keys else 0,
-                "seconds": seconds,
-                "wal_before": wal_before if keys else None,
-                "finished": finished,
-                "id": job.id,
-            },
+        return planned
+
+    def _plan(
+        self, job: Job, resume_key: str | None, keys: int, count: int
+    ) -> collections.deque[PlannedRange]:
+        """Plan up to ``count`` ranges of ``keys`` keys of the job after ``resume_key``, in one query."""
+        table = self.table
+        inclusive = resume_key is None
+        query = self._query(
+            f"plan_{inclusive}",
+            lambda: table_queries.range_plan(
+                table.identifier, table.column, table.definition.scope, inclusive=inclusive
+            ),
         )
-        self.conn.commit()
-        recorded = cursor.fetchone()
-        assert recorded is not None
+        params = {
+            "after": table.key(job.start_key if resume_key is None else resume_key),
+            "last": table.key(job.end_key),
+            "rows": keys,
+            "total": keys * count,
+        }
+        with table.reading():
+            rows = self.conn.execute(query, params).fetchall()
+        return collections.deque(PlannedRange(*row) for row in rows)
+
+    # ---------------------------------------------------------------------------------- transaction
+
+    def _transaction(
+        self, job: Job, resume_key: str | None, planned: PlannedRange, statement_timeout_ms: int | None
+    ) -> SubBatchResult | _Stale:
+        """Run one sub-batch's transaction over ``planned``: committed, or rolled back if it is stale.
+
+        :raises MigrationStateError: if the job is no longer ``running``.
+        :raises MigrationDefinitionError: if the table or its key column is gone.
+        :raises psycopg.Error: the statement's own error, once the transaction is rolled back.
+        """
+        conn, table = self.conn, self.table
+        inclusive = resume_key is None
+        probe_query = self._query(
+            f"first_{inclusive}",
+            lambda: table_queries.first_key_after(
+                table.identifier, table.column, table.definition.scope, inclusive=inclusive
+            ),
+        )
+        after = table.key(job.start_key if resume_key is None else resume_key)
+        rows_affected, finished = 0, False
+        with (
+            conn.cursor() as control,
+            conn.cursor() as lock,
+            conn.cursor() as probe,
+            conn.cursor() as statement,
+        ):
+            try:
+                with conn.pipeline() as pipeline:
+                    # round trip 1: BEGIN, the job's row lock, the first key after where it resumes
+                    # and the WAL position, the DAG author's statement
+                    started = time.perf_counter()
+                    control.execute(self._query("begin", lambda: job_queries.BEGIN))
+                    lock.execute(self._query("lock", lambda: job_queries.RUNNING_JOB_RESUME_KEY), [job.id])
+                    probe.execute(probe_query, {"after": after, "last": table.key(job.end_key)})
+                    if planned.keys:
+                        self._statement(control, statement, planned, statement_timeout_ms)
+                    pipeline.sync()
+                    seconds = time.perf_counter() - started
+                    locked, found = _first_row(lock), _first_row(probe)
+                    if locked and locked[0] == resume_key and found and found[0] == planned.first:
+                        rows_affected = max(statement.rowcount, 0) if planned.keys else 0
+                        finished = planned.keys == 0 or planned.last == job.end_key
+                        # round trip 2, as the pipeline ends: the progress, which reads the WAL the
+                        # statement wrote before it writes, and COMMIT
+                        statement.execute(
+                            self._query("record", lambda: job_queries.RECORD_SUB_BATCH),
+                            {
+                                "last": planned.last,
+                                "rows": rows_affected,
+                                "keys": planned.keys,
+                                "one": 1 if planned.keys else 0,
+                                "seconds": seconds,
+                                "wal_before": found[1] if planned.keys else None,
+                                "finished": finished,
+                                "id": job.id,
+                            },
+                        )
+                        control.execute(self._query("commit", lambda: job_queries.COMMIT))
+                    else:  # round trip 2: nothing of it stays
+                        control.execute(self._query("rollback", lambda: job_queries.ROLLBACK))
+            except psycopg.Error:
+                if conn.closed or conn.broken:
+                    raise  # the server rolls back with the session; the job resumes where it stopped
+                self._roll_back()
+                stale = self._stale(job, resume_key, planned, lock, probe)
+                if stale is not None:
+                    return stale  # the statement may have failed over a range it must not run
+                if lock.pgresult is not None and probe.pgresult is None:  # the probe of the table failed
+                    with table.reading():
+                        raise
+                raise
+            stale = self._stale(job, resume_key, planned, lock, probe)
+            if stale is not None:
+                return stale
+            recorded = _row(statement)
         return SubBatchResult(
-            first_key=first_key,
-            last_key=last_key,
-            keys=keys,
+            first_key=planned.first or "",
+            last_key=planned.last or "",
+            keys=planned.keys,
             rows_affected=rows_affected,
             seconds=seconds,
             wal_bytes=int(recorded[0]),
             job_finished=finished,
         )
 
-    def _plan(self, cursor: psycopg.Cursor[Any], job: Job, resume_key: str | None, rows: int) -> None:
-        """Queue the range query for the next ``rows`` keys of the job after ``resume_key``."""
-        table = self.table
-        inclusive = resume_key is None
-        query = self._range_queries.get(inclusive)
-        if query is None:  # composed once: composing it costs as much as a round trip
-            query = table.range_query(inclusive=inclusive, wal_position=True).as_bytes(self.conn)
-            self._range_queries[inclusive] = query
-        cursor.execute(
-            query,
-            {
-                "after": table.key(job.start_key if resume_key is None else resume_key),
-                "last": table.key(job.end_key),
-                "rows": rows,
-            },
-        )
-
     def _statement(
         self,
-        pipeline: psycopg.Pipeline,
-        cursor: psycopg.Cursor[Any],
-        first_key: str,
-        last_key: str,
+        control: psycopg.Cursor[Any],
+        statement: psycopg.Cursor[Any],
+        planned: PlannedRange,
         statement_timeout_ms: int | None,
-    ) -> int:
-        """Run ``batch_sql`` over ``[first_key, last_key]`` in one round trip; return the rows it affected.
+    ) -> None:
+        """Queue ``batch_sql`` over the planned range, with ``statement_timeout`` for it alone.
 
-        ``statement_timeout`` is set for this statement only, not for the bookkeeping around it;
-        the ``SET LOCAL`` and its reset ride in the statement's round trip. The sync that ends the
-        round trip does not end the transaction.
+        The ``SET LOCAL`` and its reset ride in the statement's round trip, so that the bookkeeping
+        around it does not time out.
         """
         table = self.table
-        with self.conn.cursor() as statement:
-            if statement_timeout_ms:
-                cursor.execute(table_queries.set_statement_timeout(statement_timeout_ms))
-            statement.execute(
-                table_queries.batch_statement(table.definition.batch_sql),
-                {"start": table.key(first_key), "end": table.key(last_key)},
-            )
-            if statement_timeout_ms:
-                cursor.execute(table_queries.RESET_STATEMENT_TIMEOUT)
-            pipeline.sync()  # raises the statement's error, if any
-            return max(statement.rowcount, 0)
+        if statement_timeout_ms:
+            control.execute(table_queries.set_statement_timeout(statement_timeout_ms))
+        statement.execute(
+            self._query("statement", lambda: table_queries.batch_statement(table.definition.batch_sql)),
+            {"start": table.key(planned.first or ""), "end": table.key(planned.last or "")},
+        )
+        if statement_timeout_ms:
+            control.execute(self._query("reset", lambda: table_queries.RESET_STATEMENT_TIMEOUT))
 
-    def _roll_back(self, pipeline: psycopg.Pipeline) -> None:
+    def _stale(
+        self,
+        job: Job,
+        resume_key: str | None,
+        planned: PlannedRange,
+        lock: psycopg.Cursor[Any],
+        probe: psycopg.Cursor[Any],
+    ) -> _Stale | None:
+        """Say where to plan again from if ``planned`` was out of date, once its transaction ended.
+
+        :return: where the job resumes, if another session moved it on or a key arrived in front
+            of the range; ``None`` if the range held, or if the round trip failed before the job's
+            row and the first key were read.
+        :raises MigrationStateError: if the job is no longer ``running``.
+        """
+        if not _answered(lock):
+            return None
+        locked = _first_row(lock)
+        if locked is None:
+            raise MigrationStateError(self._why_not_running(job))
+        if locked[0] != resume_key:  # another session moved the job on: plan from there
+            return _Stale(locked[0])
+        found = _first_row(probe) if _answered(probe) else None
+        if found is not None and found[0] != planned.first:  # a key arrived in front of the range
+            return _Stale(resume_key)
+        return None
+
+    def _query(self, name: str, compose: Callable[[], sql.Composable]) -> bytes:
+        """Return the query ``name``, composed once (by ``compose``) for this connection."""
+        query = self._queries.get(name)
+        if query is None:
+            query = self._queries[name] = compose().as_bytes(self.conn)
+        return query
+
+    def _roll_back(self) -> None:
         """End a sub-batch that failed: roll its transaction back, if the connection still works.
 
-        The sync first ends the pipeline's aborted state, if a statement failed, so that the
-        ``ROLLBACK`` reaches the server; psycopg's own rollback then forgets the statements it
-        may have prepared in the failed transaction.
+        psycopg's rollback also forgets the statements it may have prepared in the failed
+        transaction.
         """
         if self.conn.closed or self.conn.broken:
             return  # the server rolls back when the session ends
         with contextlib.suppress(psycopg.Error):
-            pipeline.sync()
-        with contextlib.suppress(psycopg.Error):
             self.conn.rollback()
 
-    def _why_not_running(self, cursor: psycopg.Cursor[Any], job: Job) -> str:
+    def _why_not_running(self, job: Job) -> str:
         """Say why a job this worker claimed is no longer ``running``."""
         name = self.table.definition.name
-        cursor.execute(job_queries.JOB_AND_MIGRATION_STATUS, [job.id])
-        row = cursor.fetchone()
+        row = self.conn.execute(job_queries.JOB_AND_MIGRATION_STATUS, [job.id]).fetchone()
         if row is None:
             return f"job {job.id} of migration {name!r} no longer exists"
         job_status, job_error, migration_status, migration_error = row
@@ -209,3 +368,23 @@ class SubBatchExecutor:
             return f"migration {name!r} failed: {migration_error}; job {job.id} stopped"
         because = f" ({job_error})" if job_error else ""
         return f"job {job.id} of migration {name!r} is {job_status} now, not running{because}"
+
+
+def _answered(cursor: psycopg.Cursor[Any]) -> bool:
+    """Whether the server answered the cursor's query with rows (not an error, not skipped)."""
+    return cursor.pgresult is not None and cursor.pgresult.status == psycopg.pq.ExecStatus.TUPLES_OK
+
+
+def _first_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...] | None:
+    """Return the first row of the cursor's answer, read or not yet; ``None`` if it has none."""
+    if cursor.pgresult is None or not cursor.pgresult.ntuples:
+        return None
+    cursor.scroll(0, "absolute")
+    return cursor.fetchone()
+
+
+def _row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """Return the one row of the cursor's answer."""
+    row = _first_row(cursor)
+    assert row is not None
+    return row

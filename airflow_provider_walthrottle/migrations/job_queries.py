@@ -86,6 +86,14 @@ FROM (SELECT 1) AS one LEFT JOIN exhausted ON true"""
 #: syncs). No lock.
 BEGIN = sql.SQL("BEGIN")
 
+#: Commit a sub-batch's transaction, in the round trip of its progress update (where
+#: ``Connection.commit()`` would add a sync of its own). Releases its locks.
+COMMIT = sql.SQL("COMMIT")
+
+#: Roll back a sub-batch whose planned range turned out to be out of date: nothing of it stays.
+#: Releases its locks.
+ROLLBACK = sql.SQL("ROLLBACK")
+
 #: Where a job this session runs resumes: ``[id]``; one row (``resume_key``, NULL before its first
 #: sub-batch), or none if the job is no longer ``running``. Takes the job's row lock.
 RUNNING_JOB_RESUME_KEY = sql.SQL("SELECT resume_key FROM {} WHERE id = %s AND status = {} FOR UPDATE").format(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import dict_row
 
-from airflow_provider_walthrottle.migrations import job_queries, queries, schema_queries
+from airflow_provider_walthrottle.migrations import job_queries, queries, schema_queries, table_queries
 from airflow_provider_walthrottle.migrations.state import (
     Job,
     JobStatus,
@@ -25,12 +25,18 @@ from airflow_provider_walthrottle.migrations.state import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow_provider_walthrottle.migrations.registry import MigrationRegistry
     from airflow_provider_walthrottle.migrations.table import MigrationTable
 
 #: Errors after which a job's range is split in half (:meth:`JobQueue.split`), as GitLab's
 #: split-and-retry does.
 SPLITTABLE_ERRORS = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
+
+#: The most sub-batch ranges a claim plans in its walk of a new job's keys; a job of more of them
+#: is planned by one walk to its end, and its ranges by the executor.
+MAX_CLAIMED_RANGES = 1024
 
 
 class JobQueue:
@@ -41,15 +47,24 @@ class JobQueue:
         claimed job.
     :param table: the migration's table.
     :param registry: the migration's registry, whose row lock a claim takes first.
+    :param ranges_planned: receives the sub-batch ranges a claim planned for a new job (see
+        :meth:`claim`'s ``sub_batch_size``): the sub-batch executor, which then runs them without
+        walking the job's keys again.
     """
 
     def __init__(
-        self, conn: psycopg.Connection[Any], table: MigrationTable, registry: MigrationRegistry
+        self,
+        conn: psycopg.Connection[Any],
+        table: MigrationTable,
+        registry: MigrationRegistry,
+        *,
+        ranges_planned: Callable[[int, int, list[tuple[Any, ...]]], None] | None = None,
     ) -> None:
         self.conn = conn
         self.table = table
         self.registry = registry
         self.name = table.definition.name
+        self.ranges_planned = ranges_planned
 
     def claim(
         self,
@@ -59,6 +74,7 @@ class JobQueue:
         dag_id: str | None = None,
         run_id: str | None = None,
         try_number: int | None = None,
+        sub_batch_size: int | None = None,
     ) -> tuple[Migration, Job | None]:
         """Take the next job: an orphaned, paused or failed one first, else a new range after the cursor.
 
@@ -74,6 +90,9 @@ class JobQueue:
         :param dag_id: recorded on the job, for the UI.
         :param run_id: recorded on the job.
         :param try_number: recorded on the job.
+        :param sub_batch_size: the keys of each of the job's statements, when they are fixed: the
+            walk of a new job's keys then plans each of its sub-batches' ranges too (up to
+            :data:`MAX_CLAIMED_RANGES` of them), and the ranges go to ``ranges_planned``.
         """
         locked: list[int] = []
         try:
@@ -84,7 +103,7 @@ class JobQueue:
                 job = self._claim_open_job(cursor, max_attempts, locked)
                 if job is None:
                     try:
-                        job = self._plan_job(cursor, migration, batch_size, locked)
+                        job = self._plan_job(cursor, migration, batch_size, locked, sub_batch_size)
                     except RangeEscapedError as error:
                         # nothing was written yet: fail the migration in this same transaction
                         self._fail_migration_in(cursor, str(error))
@@ -217,19 +236,38 @@ class JobQueue:
         return None
 
     def _plan_job(
-        self, cursor: psycopg.Cursor[Any], migration: Migration, batch_size: int, locked: list[int]
+        self,
+        cursor: psycopg.Cursor[Any],
+        migration: Migration,
+        batch_size: int,
+        locked: list[int],
+        sub_batch_size: int | None,
     ) -> Job | None:
         if migration.min_key is None or migration.max_key is None:
             return None
         table = self.table
         inclusive = migration.cursor_key is None
         after = migration.min_key if migration.cursor_key is None else migration.cursor_key
+        keys_from = {"after": table.key(after), "last": table.key(migration.max_key)}
+        count = -(-batch_size // sub_batch_size) if sub_batch_size else 0
+        ranges: list[tuple[Any, ...]] = []
+        row: dict[str, Any] | None
         with table.reading():
-            cursor.execute(
-                table.range_query(inclusive=inclusive),
-                {"after": table.key(after), "last": table.key(migration.max_key), "rows": batch_size},
-            )
-        row = cursor.fetchone()
+            if 0 < count <= MAX_CLAIMED_RANGES:  # one walk plans the job and its sub-batches
+                query = table_queries.range_plan(
+                    table.identifier, table.column, table.definition.scope, inclusive=inclusive
+                )
+                cursor.execute(query, {**keys_from, "rows": sub_batch_size, "total": batch_size})
+                ranges = [(r["first"], r["last"], r["keys"], r["in_range"]) for r in cursor.fetchall()]
+                row = {
+                    "first": ranges[0][0],
+                    "last": ranges[-1][1],
+                    "keys": sum(keys for _, _, keys, _ in ranges),
+                    "in_range": all(in_range for *_, in_range in ranges),
+                }
+            else:
+                cursor.execute(table.range_query(inclusive=inclusive), {**keys_from, "rows": batch_size})
+                row = cursor.fetchone()
         assert row is not None
         start_key, end_key, keys = row["first"], row["last"], row["keys"]
         if keys == 0:
@@ -242,6 +280,8 @@ class JobQueue:
         assert created is not None
         self._try_lock(cursor, created["id"], locked)
         cursor.execute(queries.ADVANCE_CURSOR, [end_key, self.name])
+        if ranges and sub_batch_size and self.ranges_planned is not None:
+            self.ranges_planned(created["id"], sub_batch_size, ranges)
         return Job(
             id=created["id"],
             start_key=start_key,

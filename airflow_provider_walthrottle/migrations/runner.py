@@ -177,6 +177,7 @@ def run_one_batch(
         dag_id=dag_id,
         run_id=run_id,
         try_number=try_number,
+        sub_batch_size=settings.sub_batch_size,  # fixed statements: the claim plans their ranges too
     )
     if job is None:
         if migration.status is MigrationStatus.ACTIVE:

@@ -74,10 +74,11 @@ class MigrationStore:
         self.table = MigrationTable(definition)
         #: Creates the state tables, checks and registers the migration, reads its row.
         self.registry = MigrationRegistry(conn, self.table)
-        #: Claims, releases, splits and fails jobs; holds the claimed job's advisory lock.
-        self.jobs = JobQueue(conn, self.table, self.registry)
         #: Runs ``batch_sql`` over a job's next sub-batch, with its progress, in one transaction.
         self.executor = SubBatchExecutor(conn, self.table)
+        #: Claims, releases, splits and fails jobs; holds the claimed job's advisory lock. A claim's
+        #: walk of a new job's keys plans its sub-batches' ranges for the executor.
+        self.jobs = JobQueue(conn, self.table, self.registry, ranges_planned=self.executor.adopt)
         #: Keeps the throughput, the time throttled, and the progress.
         self.accounts = MigrationAccounts(conn, definition.name)
         # the flat names of 0.1, for one release

@@ -118,6 +118,119 @@ FROM ends
     ).format(col=column, keys=keys, op=sql.SQL(">=" if inclusive else ">"), position=position)
 
 
+def range_plan(
+    table: sql.Identifier, column: sql.Identifier, scope: str | None, *, inclusive: bool
+) -> sql.Composed:
+    """Return a query for the next ``%(total)s`` keys after ``%(after)s``, in ranges of ``%(rows)s``.
+
+    It plans many sub-batches, up to ``%(last)s``, in one query: one row per range, in key order,
+    with the columns of :func:`next_range` (``first``, ``last``, ``keys``, ``in_range``; no WAL
+    position). The first range starts right after ``%(after)s`` (at it, with ``inclusive``), each
+    next one right after the last key of the one before; each has ``%(rows)s`` keys but the last,
+    which has what is left of ``%(total)s``. The ranges end there, or at the first one cut short by
+    ``%(last)s``, which counts its keys as :func:`next_range` does; with no key left, the one row
+    is the empty range (``NULL``, ``NULL``, 0, true). ``in_range`` is checked for each range
+    against the key it starts after. ``%(rows)s`` and ``%(total)s`` are at least 1.
+
+    Each range costs what :func:`next_range` costs (an index probe for its first key, a walk of its
+    keys to the last by ``OFFSET``), without a query, a round trip and a plan of its own: a claim
+    plans a job and its sub-batches in one walk. All of it reads one snapshot; the keys may change
+    after it, so a sub-batch checks its range's first key again in its own transaction
+    (:func:`first_key_after`). No lock beyond ``AccessShareLock`` on the table.
+
+    :param table: the table.
+    :param column: the key column.
+    :param scope: the DAG author's SQL condition.
+    :param inclusive: whether ``%(after)s`` itself belongs to the first range.
+    """
+    first_op = sql.SQL(">=" if inclusive else ">")
+    return sql.SQL(
+        """
+WITH RECURSIVE ranges AS (
+    SELECT 1 AS n, s.* FROM ({first_range}) AS s
+    UNION ALL
+    SELECT r.n + 1, s.* FROM ranges AS r CROSS JOIN LATERAL ({next_range}) AS s
+    WHERE r.nth IS NOT NULL AND r.nth < %(last)s AND r.n * %(rows)s::bigint < %(total)s::bigint
+)
+SELECT first::text AS first, coalesce(nth, tail)::text AS last,
+       CASE WHEN nth IS NULL THEN tail_keys ELSE size END AS keys,
+       coalesce(first_in_range AND coalesce(nth, tail) <= %(last)s, true) AS in_range
+FROM ranges ORDER BY n
+"""
+    ).format(
+        first_range=_planned_range(
+            table,
+            column,
+            scope,
+            sql.SQL("%(after)s"),
+            first_op,
+            sql.SQL("least(%(rows)s::bigint, %(total)s::bigint)"),
+        ),
+        next_range=_planned_range(
+            table,
+            column,
+            scope,
+            sql.SQL("r.nth"),
+            sql.SQL(">"),
+            sql.SQL("least(%(rows)s::bigint, %(total)s::bigint - r.n * %(rows)s::bigint)"),
+        ),
+    )
+
+
+def _planned_range(
+    table: sql.Identifier,
+    column: sql.Identifier,
+    scope: str | None,
+    after: sql.Composable,
+    op: sql.SQL,
+    size: sql.Composable,
+) -> sql.Composed:
+    """Return the subquery of one range of :func:`range_plan`: ``size`` keys after ``after``.
+
+    Its columns: the first key, the ``size``-th (``nth``), and only without one, the last key and
+    the count (``tail``, ``tail_keys``); ``size``. ``OFFSET 0`` keeps each probe from being run once
+    per reference to it.
+    """
+    keys = sql.SQL("FROM {table} WHERE {col} {op} {after} AND {col} <= %(last)s{scope}").format(
+        table=table, col=column, op=op, after=after, scope=scope_condition(scope)
+    )
+    return sql.SQL(
+        """
+SELECT first, nth,
+       CASE WHEN nth IS NULL THEN (SELECT {col} {keys} ORDER BY {col} DESC LIMIT 1) END AS tail,
+       CASE WHEN nth IS NULL THEN (SELECT count(*) {keys}) END AS tail_keys,
+       coalesce(first {op} {after}, true) AS first_in_range, size
+FROM (SELECT (SELECT {col} {keys} ORDER BY {col} LIMIT 1) AS first,
+             (SELECT {col} {keys} ORDER BY {col} OFFSET {size} - 1 LIMIT 1) AS nth,
+             {size} AS size
+      OFFSET 0) AS probes"""
+    ).format(col=column, keys=keys, op=op, after=after, size=size)
+
+
+def first_key_after(
+    table: sql.Identifier, column: sql.Identifier, scope: str | None, *, inclusive: bool
+) -> sql.Composed:
+    """Return a query for the first key after ``%(after)s`` up to ``%(last)s``, and the WAL insert position.
+
+    One row: ``first`` (as text; NULL when there is none) and ``wal_position`` (as text). A
+    sub-batch runs it in its own transaction, before its statement, to check the range planned for
+    it by :func:`range_plan`: the range still starts at the first key after where the job resumes
+    exactly when ``first`` is the range's first key. One index probe; no lock beyond
+    ``AccessShareLock`` on the table.
+
+    :param table: the table.
+    :param column: the key column.
+    :param scope: the DAG author's SQL condition.
+    :param inclusive: whether ``%(after)s`` itself counts.
+    """
+    return sql.SQL(
+        """
+SELECT (SELECT {col} FROM {table} WHERE {col} {op} %(after)s AND {col} <= %(last)s{scope}
+        ORDER BY {col} LIMIT 1)::text AS first,
+       pg_current_wal_insert_lsn()::text AS wal_position"""
+    ).format(col=column, table=table, op=sql.SQL(">=" if inclusive else ">"), scope=scope_condition(scope))
+
+
 def explain(batch_sql: str) -> sql.Composed:
     """Return ``EXPLAIN <batch_sql>``: it plans the statement, to catch its errors, and runs nothing.
 

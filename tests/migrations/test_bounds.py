@@ -12,7 +12,7 @@ from airflow_provider_walthrottle.migrations.runner import (
     RunSettings,
     prepare,
 )
-from airflow_provider_walthrottle.migrations.state import MigrationStateError
+from airflow_provider_walthrottle.migrations.state import JobStatus, MigrationStateError
 from tests.support.migration_runs import (
     always_healthy,
     job_rows,
@@ -46,6 +46,11 @@ def test_a_sub_batch_that_does_not_move_past_its_resume_key_fails_before_applyin
     settings = RunSettings(sub_batch_size=10, pause_ms=0)
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=100)
+        # a job whose claim did not plan its sub-batches (as a job taken over): the executor plans
+        # them, and finds the escaped range itself
+        _, held = store.jobs.claim(100, max_attempts=3)
+        assert held is not None
+        store.jobs.release(held, status=JobStatus.PAUSED)
         with pytest.raises(MigrationStateError) as raised:
             run_bounded_batch(store, settings, always_healthy, log=sub_batch_budget(limit=50))
         message = str(raised.value)
@@ -94,6 +99,26 @@ def test_a_new_job_planned_outside_the_migrations_bounds_fails_it_before_it_is_c
     assert [job["status"] for job in job_rows(migration_db, "escaped_plan")] == ["succeeded"]
     assert max(counter for _, counter in counter_histogram(migration_db, "escaped_plan")) == 1
     assert migration_row(migration_db, "escaped_plan")["status"] == "failed"
+
+
+def test_a_claim_that_plans_the_sub_batches_finds_an_escaped_one_before_anything_runs(migration_db):
+    make_table(migration_db, "escaped_ranges", 300)
+    definition = escaping_migration("escaped_ranges")
+    # fixed statements: the claim's walk of the first job plans its ten sub-batches, and the
+    # second of them starts before the first one ends
+    settings = RunSettings(sub_batch_size=10, pause_ms=0)
+    with migration_db.connect() as conn:
+        store = prepare(conn, definition, batch_size=100)
+        with pytest.raises(MigrationStateError) as raised:
+            run_bounded_batch(store, settings, always_healthy)
+    message = str(raised.value)
+    assert message.startswith(
+        "migration 'escaped_ranges' failed: migration 'escaped_ranges': planning a new job found "
+    )
+    assert "does not stay inside AND (...)" in message
+    assert job_rows(migration_db, "escaped_ranges") == []
+    assert set(counter_histogram(migration_db, "escaped_ranges")) == {(True, 0), (False, 0)}
+    assert migration_row(migration_db, "escaped_ranges")["status"] == "failed"
 
 
 def test_a_table_renamed_mid_job_stops_it_with_one_line_and_it_resumes_once_restored(migration_db):
