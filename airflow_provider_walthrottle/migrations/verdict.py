@@ -123,9 +123,11 @@ class HealthVerdict:
     ) -> bool:
         """Whether to check the backlog again before the next sub-batch, rather than trust this count.
 
-        This count is trusted only when it was a number under which the migration went on, it is
-        younger than ``recheck_seconds``, and the WAL written since cannot have completed enough
-        segments to pass the threshold it was compared with (see
+        With the backlog not watched (its flag off), the check is trusted for ``recheck_seconds``,
+        so that a flag turned on takes effect within that time without a read of the flags' Variables
+        before every statement. Else this count is trusted only when it was a number under which the
+        migration went on, it is younger than ``recheck_seconds``, and the WAL written since cannot
+        have completed enough segments to pass the threshold it was compared with (see
         :func:`~airflow_provider_walthrottle.migrations.optimizer.backlog_bound`), nor more than the
         replication headroom (slots, standbys' lag). That WAL is what the server wrote during this
         migration's statements (a difference of WAL positions: other sessions' included); what
@@ -141,10 +143,12 @@ class HealthVerdict:
         :param reserved_bytes: WAL the other batches on the database have reserved and not written.
         """
         health = self.health
-        if not self.proceed or health is None or seconds_since >= recheck_seconds:
+        if not self.proceed or seconds_since >= recheck_seconds:
             return True
         if self.replication_headroom_bytes is not None and wal_bytes_since >= self.replication_headroom_bytes:
             return True  # the replication bound may be passed
+        if health is None:  # the backlog is not watched (its flag off): read the flags again in time
+            return False
         status = health.status
         if status.pending_segments is None or status.wal_segment_size <= 0:
             return True

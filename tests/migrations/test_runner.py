@@ -404,7 +404,9 @@ def test_a_check_is_due_once_the_wal_since_the_last_count_could_pass_the_thresho
     assert due(counted(20), 30 * segment, 0.5)
     assert due(counted(0), 0, 1.0)  # the count is too old
     assert due(counted(None, proceed=True), 0, 0.0)  # unknown, went on anyway (on_unavailable)
-    assert due(HealthVerdict(proceed=True), 0, 0.0)  # the flag was off: nothing to trust
+    # the flag was off: no count to trust, but the flags need not be read before every statement
+    assert not due(HealthVerdict(proceed=True), 0, 0.5)
+    assert due(HealthVerdict(proceed=True), 0, 1.0)  # read again within recheck_seconds
     assert counted(0).recheck_due(0, 0.0, recheck_seconds=0)
 
 
@@ -874,7 +876,8 @@ def test_a_peer_does_not_fail_the_migration_while_a_last_attempt_is_still_runnin
 
 def test_a_job_throttled_on_its_last_attempt_resumes(migration_db):
     definition = failing_twice(migration_db, "paused_last")
-    settings = RunSettings(sub_batch_size=10, pause_ms=0)
+    # checked between every two statements: these verdicts carry no count to trust for a while
+    settings = RunSettings(sub_batch_size=10, pause_ms=0, recheck_seconds=0)
     with migration_db.connect() as conn:
         store = prepare(conn, definition, batch_size=100)
         verdicts = iter([True, False])  # go before the batch, stop after its first sub-batch
