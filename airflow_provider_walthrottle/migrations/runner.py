@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.wal.health import HealthSignal
 
 
+#: Seconds between two counts while a batch waits for room in the shared WAL budget (at most
+#: ``RunSettings.max_pause_seconds`` in all before it ends, throttled, and its task defers).
+ROOM_WAIT_SECONDS = 0.25
+
 class Outcome(str, enum.Enum):
     """How a call to :func:`run_one_batch` ended."""
 
@@ -208,6 +212,16 @@ def run_one_batch(
     while True:
         try:
             covered = budget.covers(sizer.keys)  # reserves the statement's WAL, if it must ask for it
+            waited = 0.0
+            while not covered and verdict.proceed and waited < settings.max_pause_seconds:
+                # room comes back as the archiver ships segments: wait here a moment, counting
+                # again, rather than end the batch and defer (the archiver idles while a deferred
+                # task is resumed)
+                sleep(ROOM_WAIT_SECONDS)
+                waited += ROOM_WAIT_SECONDS
+                verdict, checked_at, wal_since_check = check_health(), time.monotonic(), 0
+                budget.counted(verdict)
+                covered = verdict.proceed and budget.covers(sizer.keys)
             result = _sub_batch(store, job, settings, sizer.keys) if covered else None
         except JobFailedError:
             raise  # the job was released as the error said
@@ -225,6 +239,8 @@ def run_one_batch(
             raise
         if result is None:  # the shared WAL budget has no room for the statement, even after a count
             store.jobs.release(job, status=JobStatus.PAUSED)
+            if not verdict.proceed:  # a count while waiting for room said stop
+                return ended(Outcome.THROTTLED, stopped_by=verdict.stopped_by)
             return ended(Outcome.THROTTLED, shortfall=budget.shortfall)
         rows += result.rows_affected
         keys += result.keys

@@ -366,3 +366,34 @@ def test_existing_state_tables_get_the_reservations_table_unlogged(budget_db):
         "SELECT relpersistence FROM pg_class WHERE oid = to_regclass('walthrottle.wal_reservations')"
     )
     assert rows == [("u",)]
+
+
+def test_a_batch_short_of_room_waits_in_place_for_it_rather_than_end(budget_db):
+    # room that comes back within max_pause_seconds (as an archiver ships segments) is waited for in
+    # the batch, counting again, instead of ending it throttled and deferring its task
+    make_table(budget_db, "budget_room_back", 3000)
+    check = backlog_of(40)
+    with budget_db.connect() as conn, budget_db.connect() as other:
+        store = prepare(conn, increment_migration("budget_room_back", "budget_room_back"), batch_size=1000)
+        store.accounts.record_throughput(batch_size=1000, rows_per_second=None, wal_bytes_per_row=1000.0)
+        hold_job(other, 900_003)
+        blocker = WalBudget(other, "budget_blocker")
+        ceiling = check(conn).wal_ceiling()
+        assert ceiling is not None
+        blocker.reserve(900_003, ceiling, want=blocker.room(ceiling).free_bytes - MB)
+        counts = []
+
+        def counted():
+            counts.append(None)
+            if len(counts) == 3:  # the other batch ends while this one waits
+                blocker.release(900_003)
+            return check(conn)
+
+        policy = BatchSizePolicy(min_batch_size=100, max_batch_size=100_000)
+        settings = RunSettings(sub_batch_size=5000, pause_ms=0, policy=policy)
+        result = run_one_batch(store, settings, counted, sleep=lambda seconds: None)
+        drop_job(other, 900_003)
+    assert result.outcome is Outcome.COMPLETED and result.keys > 0, result
+    assert len(counts) >= 3  # it counted again while it waited
+    histogram = counter_histogram(budget_db, "budget_room_back")
+    assert set(histogram) <= {(True, 1), (True, 0), (False, 0)} and histogram.get((True, 1))
