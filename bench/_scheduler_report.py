@@ -39,18 +39,22 @@ def share_between_batches(figures: dict[str, Any]) -> float | None:
 
     :param figures: one case's figures, with its jobs' timeline.
     """
+    if not figures.get("span_seconds"):
+        return None
+    # a job still open at the window's end counts as running to it
+    span = figures["span_seconds"]
     spans = sorted(
-        (job["started_after"], job["started_after"] + job["seconds"])
+        (job["started_after"], span if job["seconds"] is None else job["started_after"] + job["seconds"])
         for job in figures.get("jobs", [])
-        if job["started_after"] is not None and job["seconds"] is not None
+        if job["started_after"] is not None
     )
-    if not spans or not figures.get("span_seconds"):
+    if not spans:
         return None
     busy, end = 0.0, 0.0
     for start, stop in spans:  # the union of the batches' intervals: batches at once count once
         busy += max(stop - max(start, end), 0.0)
         end = max(end, stop)
-    return max(1 - busy / figures["span_seconds"], 0.0)
+    return max(1 - busy / span, 0.0)
 
 
 def summary_rows(suite: dict[str, Any]) -> list[str]:
@@ -165,6 +169,8 @@ def findings(suite: dict[str, Any]) -> list[str]:
                 f"Max pending {figures['max_pending']} against 42 plus one statement's WAL "
                 f"({figures['largest_sub_batch_segments']:.1f} segments at most, a job's mean)."
             )
+        if case.get("note"):
+            text += f" *{case['note']}*"
         notes.append(text.rstrip())
     one, three = cases.get("celery_1"), cases.get("celery_3")
     if one and three:
