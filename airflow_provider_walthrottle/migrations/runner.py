@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 #: ``RunSettings.max_pause_seconds`` in all before it ends, throttled, and its task defers).
 ROOM_WAIT_SECONDS = 0.25
 
+
 class Outcome(str, enum.Enum):
     """How a call to :func:`run_one_batch` ended."""
 
