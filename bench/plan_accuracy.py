@@ -204,15 +204,7 @@ def operator_settings(table: str, batch_sql: str) -> tuple[RunSettings, int]:
     operator = BatchedMigrationOperator(
         task_id="plan_accuracy", migration_name=table, table=table, column="id", batch_sql=batch_sql
     )
-    settings = RunSettings(
-        sub_batch_size=operator.sub_batch_size,
-        pause_ms=operator.pause_ms,
-        max_attempts=operator.max_attempts,
-        statement_timeout_ms=operator.statement_timeout_ms,
-        max_pending_segments=THRESHOLD,
-        policy=operator.policy,
-    )
-    return settings, operator.batch_size
+    return operator.run_settings(THRESHOLD), operator.batch_size
 
 
 async def _first_event(trigger: Any) -> Any:

@@ -270,8 +270,7 @@ def core_rate(target: PostgresCluster, seconds: float, operator_kwargs: dict[str
     from _core import operator_task
 
     from airflow_provider_walthrottle.migrations.batch import BatchDone
-    from airflow_provider_walthrottle.migrations.definition import MigrationDefinition
-    from airflow_provider_walthrottle.migrations.runner import RunSettings, prepare
+    from airflow_provider_walthrottle.migrations.runner import prepare
     from airflow_provider_walthrottle.operators.batched_migration import BatchedMigrationOperator
 
     copy_items_table(target, TABLE, "items_core")
@@ -284,17 +283,11 @@ def core_rate(target: PostgresCluster, seconds: float, operator_kwargs: dict[str
         batch_sql=update_sql("items_core"),
         **operator_kwargs,
     )
-    settings = RunSettings(
-        sub_batch_size=operator.sub_batch_size,
-        pause_ms=operator.pause_ms,
-        max_pending_segments=DEFAULT_MAX_PENDING_SEGMENTS,
-        policy=operator.policy,
-    )
+    settings = operator.run_settings(DEFAULT_MAX_PENDING_SEGMENTS)
     batch_size = operator.batch_size
-    definition = MigrationDefinition("bench_core", "public.items_core", "id", update_sql("items_core"))
     keys = 0
     with psycopg.connect(target.dsn(), autocommit=True) as conn:
-        store = prepare(conn, definition, batch_size)
+        store = prepare(conn, operator.definition, batch_size)
         start = time.monotonic()
         while time.monotonic() - start < seconds:
             step = operator_task(store, settings, conn_id=CONN_ID)

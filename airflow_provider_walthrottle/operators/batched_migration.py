@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from airflow_provider_walthrottle.indicators.base import HealthIndicator
     from airflow_provider_walthrottle.migrations.batch import NextStep
     from airflow_provider_walthrottle.migrations.plan import MigrationPlan
+    from airflow_provider_walthrottle.migrations.run_settings import RunSettings
     from airflow_provider_walthrottle.migrations.runner import HealthVerdict
 
 
@@ -211,6 +212,22 @@ class BatchedMigrationOperator(BaseOperator):
         except ValueError as error:
             raise AirflowFailException(str(error)) from None
 
+    def run_settings(self, max_pending_segments: int) -> RunSettings:
+        """How this operator's batches run: its arguments, under the threshold its gate keeps.
+
+        :param max_pending_segments: the threshold (the rendered one, from :attr:`gate`).
+        """
+        from airflow_provider_walthrottle.migrations.run_settings import RunSettings
+
+        return RunSettings(
+            sub_batch_size=self.sub_batch_size,
+            pause_ms=self.pause_ms,
+            max_attempts=self.max_attempts,
+            statement_timeout_ms=self.statement_timeout_ms,
+            max_pending_segments=max_pending_segments,
+            policy=self.policy,
+        )
+
     def execute(self, context: Context) -> dict[str, Any]:
         """Run one batch; wait, skip or fail as the migration's state says."""
         try:
@@ -226,17 +243,10 @@ class BatchedMigrationOperator(BaseOperator):
             )
         from airflow_provider_walthrottle.migration_plan import plan_first_run
         from airflow_provider_walthrottle.migrations.batch import run_batch
-        from airflow_provider_walthrottle.migrations.runner import JobFailedError, RunSettings, prepare
+        from airflow_provider_walthrottle.migrations.runner import JobFailedError, prepare
         from airflow_provider_walthrottle.migrations.state import MigrationStateError
 
-        settings = RunSettings(
-            sub_batch_size=self.sub_batch_size,
-            pause_ms=self.pause_ms,
-            max_attempts=self.max_attempts,
-            statement_timeout_ms=self.statement_timeout_ms,
-            max_pending_segments=gate.max_pending_segments,
-            policy=self.policy,
-        )
+        settings = self.run_settings(gate.max_pending_segments)
         with self.hook.connect() as conn:  # health is checked on the migration's own connection
             read = functools.partial(self.hook.read_indicators, conn=conn)
             check = functools.partial(self._check, gate, read)
