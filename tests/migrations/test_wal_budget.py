@@ -305,6 +305,16 @@ def test_the_reservation_of_a_terminated_backend_counts_no_more(budget_db):
 # --------------------------------------------------------------------------------------------------
 
 
+def hold_all_but_one_mb(conn, other, job_id: int, check) -> WalBudget:
+    """Make ``other`` hold job ``job_id`` and reserve all the room under ``check``'s count but 1 MB."""
+    hold_job(other, job_id)
+    blocker = WalBudget(other, "budget_blocker")
+    ceiling = check(conn).wal_ceiling()
+    assert ceiling is not None
+    blocker.reserve(job_id, ceiling, want=blocker.room(ceiling).free_bytes - MB)
+    return blocker
+
+
 def test_a_batch_waits_while_other_batches_hold_the_room_and_runs_once_they_let_go(budget_db):
     make_table(budget_db, "budget_wait", 3000)
     check = backlog_of(40)  # 2 segments of headroom under 42, and the rest of the segment being written
@@ -312,11 +322,7 @@ def test_a_batch_waits_while_other_batches_hold_the_room_and_runs_once_they_let_
         store = prepare(conn, increment_migration("budget_wait", "budget_wait"), batch_size=1000)
         store.accounts.record_throughput(batch_size=1000, rows_per_second=None, wal_bytes_per_row=1000.0)
         # another batch holds all but 1 MB of the room
-        hold_job(other, 900_002)
-        blocker = WalBudget(other, "budget_blocker")
-        ceiling = check(conn).wal_ceiling()
-        assert ceiling is not None
-        blocker.reserve(900_002, ceiling, want=blocker.room(ceiling).free_bytes - MB)
+        blocker = hold_all_but_one_mb(conn, other, 900_002, check)
 
         # the smallest batch (2,000 rows at 1,000 bytes) needs more than is left: wait, and for a
         # backlog that leaves room beside the blocker's reservation
@@ -376,11 +382,7 @@ def test_a_batch_short_of_room_waits_in_place_for_it_rather_than_end(budget_db):
     with budget_db.connect() as conn, budget_db.connect() as other:
         store = prepare(conn, increment_migration("budget_room_back", "budget_room_back"), batch_size=1000)
         store.accounts.record_throughput(batch_size=1000, rows_per_second=None, wal_bytes_per_row=1000.0)
-        hold_job(other, 900_003)
-        blocker = WalBudget(other, "budget_blocker")
-        ceiling = check(conn).wal_ceiling()
-        assert ceiling is not None
-        blocker.reserve(900_003, ceiling, want=blocker.room(ceiling).free_bytes - MB)
+        blocker = hold_all_but_one_mb(conn, other, 900_003, check)
         counts = []
 
         def counted():
